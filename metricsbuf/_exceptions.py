@@ -1,9 +1,9 @@
 """The exceptions metricsbuf raises.
 
-    MetricsBufError                 root: catch this to catch everything metricsbuf raises
-    ├── InvalidMetricError          (also a ValueError) a point or an option breaks a rule; nothing else is affected
-    ├── BufferFullError             max_buffered points are held and on_full="raise" (or log_nowait under "block")
-    └── LoggerClosedError           the logger was closed, or its flusher died
+    MetricsBufError         root: catch this to catch everything metricsbuf raises
+    ├── InvalidMetricError  (also a ValueError) a point or an option breaks a rule; nothing else is affected
+    ├── BufferFullError     max_buffered points held and on_full="raise" (or log_nowait under "block")
+    └── LoggerClosedError   the logger was closed, or its flusher died
 
 Delivery failures are not raised: they are reported as FailedMetric records
 (`MetricsLogger.failures`, the `on_failure` callback, and the `logging` module).

@@ -1,0 +1,27 @@
+"""metricsbuf: an asynchronous, buffered metrics logger for Amazon SageMaker Metrics.
+
+    async with metricsbuf.MetricsLogger("my-run-0042") as metrics:
+        await metrics.log("train:loss", loss, step=step)
+
+See README.md for the options, the delivery guarantees and the error codes.
+"""
+
+from ._exceptions import BufferFullError, InvalidMetricError, LoggerClosedError, MetricsBufError
+from ._logger import MetricsLogger
+from ._models import CLOSE_TIMEOUT, DELIVERY_TIMEOUT, FLUSHER_CRASHED, FailedMetric, MetricsStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "DELIVERY_TIMEOUT",
+    "FLUSHER_CRASHED",
+    "BufferFullError",
+    "FailedMetric",
+    "InvalidMetricError",
+    "LoggerClosedError",
+    "MetricsBufError",
+    "MetricsLogger",
+    "MetricsStats",
+    "__version__",
+]

@@ -1,0 +1,85 @@
+"""The aiobotocore client a logger creates for itself when the caller passes none."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Protocol
+
+from ._exceptions import MetricsBufError
+
+log = logging.getLogger("metricsbuf")
+
+SERVICE_NAME = "sagemaker-metrics"
+
+
+class MetricsClient(Protocol):
+    """What a logger needs from a client: an aiobotocore ``sagemaker-metrics`` client has it."""
+
+    async def batch_put_metrics(self, **kwargs: Any) -> dict[str, Any]: ...
+
+
+async def open_own_client(
+    stack: contextlib.AsyncExitStack,
+    *,
+    region_name: str | None,
+    endpoint_url: str | None,
+    max_in_flight: int,
+) -> MetricsClient:
+    """Creates a client through the standard AWS credential and region chain; ``stack`` closes it.
+
+    Validation is off (every point was checked at the call) and so are botocore's retries
+    (the logger owns the retry budget). Missing credentials or region raise MetricsBufError now,
+    rather than as a failure of every point later.
+    """
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import get_session
+    from botocore.exceptions import BotoCoreError, NoRegionError
+
+    session = get_session()
+    config = AioConfig(
+        parameter_validation=False,
+        retries={"total_max_attempts": 1},
+        connect_timeout=10,
+        read_timeout=60,
+        max_pool_connections=max(10, max_in_flight),
+    )
+    try:
+        credentials = await session.get_credentials()
+    except BotoCoreError as exc:
+        raise MetricsBufError(f"could not load AWS credentials for {SERVICE_NAME}: {exc}") from exc
+    if credentials is None:
+        raise MetricsBufError(
+            "no AWS credentials found: configure them the standard way (environment variables "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or an instance/container role), "
+            "or pass client= to MetricsLogger"
+        )
+    try:
+        client = await stack.enter_async_context(
+            session.create_client(
+                SERVICE_NAME, region_name=region_name, endpoint_url=endpoint_url, config=config
+            )
+        )
+    except NoRegionError as exc:
+        raise MetricsBufError(
+            "no AWS region configured: pass region_name= to MetricsLogger or set AWS_DEFAULT_REGION"
+        ) from exc
+    return client  # type: ignore[no-any-return]
+
+
+def warn_if_client_retries(client: object) -> None:
+    """botocore retrying inside a request would multiply ``max_attempts``: say so once."""
+    config = getattr(getattr(client, "meta", None), "config", None)
+    retries = getattr(config, "retries", None)
+    if not isinstance(retries, dict):
+        return
+    attempts = retries.get("total_max_attempts")
+    if attempts is None and retries.get("max_attempts") is not None:
+        attempts = int(retries["max_attempts"]) + 1
+    if attempts != 1:
+        log.warning(
+            "metricsbuf: the client passed to MetricsLogger retries on its own (botocore retries: %s), "
+            "which multiplies max_attempts; create it with "
+            "config=AioConfig(retries={'total_max_attempts': 1}) to let the logger own the retry budget",
+            retries,
+        )

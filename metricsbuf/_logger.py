@@ -1,0 +1,777 @@
+"""MetricsLogger: validates and enqueues points at the call; a background flusher ships them.
+
+Architecture (one logger):
+
+    log() / log_many() / log_nowait()          the caller's task: validate, count, append
+            │
+            ▼
+    PointQueue (_buffer.py)                     FIFO of plain tuples, bounded with the rest by max_buffered
+            │   a batch leaves when full, when its oldest point has waited flush_interval,
+            │   or at once during flush()/close
+            ▼
+    flusher task ──► up to max_in_flight _deliver() tasks, each owning one batch ("group")
+                        │  tenacity.AsyncRetrying: resend only the INTERNAL_ERROR / CONFLICT_ERROR
+                        │  indices (or the whole batch after a transient request failure) with
+                        │  exponential backoff and jitter, releasing its in-flight slot while it waits
+                        ▼
+                 delivered, or failed for good ──► FailureReporter (failures, on_failure, logging)
+
+The flusher is an asyncio task of its own rather than a child of the caller's task group:
+it has to outlive a cancelled caller long enough to drain (``close_timeout``), and
+``start()``/``aclose()`` may be called from different tasks. Everything it spawns lives in
+an anyio task group inside it, so the whole tree is cancelled together at the close deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import inspect
+import math
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import anyio
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+from . import _validation as v
+from ._buffer import LOGGED_AT, NAME, STEP, TIMESTAMP, VALUE, Point, PointQueue
+from ._client import MetricsClient, open_own_client, warn_if_client_retries
+from ._exceptions import BufferFullError, InvalidMetricError, LoggerClosedError, MetricsBufError
+from ._models import CLOSE_TIMEOUT, DELIVERY_TIMEOUT, FLUSHER_CRASHED, FailedMetric, MetricsStats
+from ._reporting import FailureCallback, FailureReporter, log
+from ._retry_policy import FINAL_INDEX_CODES, RETRYABLE_INDEX_CODES, classify_exception
+
+ON_FULL_POLICIES = ("block", "drop_newest", "drop_oldest", "raise")
+NON_FINITE_POLICIES = ("drop", "raise")
+# How long aclose() waits for cancelled sends to unwind after close_timeout, before it
+# accounts for them anyway; exit stays within close_timeout plus about this much.
+_CANCEL_GRACE = 2.0
+# Beyond this many distinct names, new names are validated at every call instead of cached.
+_NAME_CACHE_LIMIT = 10_000
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class _Group:
+    """One batch in flight or waiting for a retry; ``points`` shrinks to what still needs sending."""
+
+    __slots__ = ("points", "first_seq", "attempts")
+
+    def __init__(self, points: list[Point], first_seq: int) -> None:
+        self.points = points
+        self.first_seq = first_seq
+        self.attempts = 0
+
+
+class _Resend(Exception):
+    """Raised inside a tenacity attempt: the group's remaining points must be sent again.
+
+    ``codes`` gives each remaining point's error code, aligned with ``group.points``.
+    """
+
+    def __init__(self, codes: list[str], message: str) -> None:
+        super().__init__(message)
+        self.codes = codes
+        self.message = message
+
+
+class MetricsLogger:
+    """Asynchronous, buffered logger for SageMaker Metrics (``BatchPutMetrics``).
+
+    Use it around a whole job::
+
+        async with MetricsLogger("my-run-0042") as metrics:
+            await metrics.log("train:loss", loss, step=step)
+
+    ``log()`` only validates and enqueues (it never waits on the network); a background
+    flusher sends batches of up to ``max_batch_size`` points, retrying what the service
+    reports as transient. Leaving the block delivers everything, or reports exactly what
+    could not be delivered, within ``close_timeout``.
+
+    Args:
+        trial_component_name: the trial component the points belong to (1-120 characters,
+            ``^[a-z0-9](-*[a-z0-9]){0,119}$``). Not lower-cased for you.
+        client: any object with ``async batch_put_metrics(**kwargs) -> dict``, such as an
+            aiobotocore ``sagemaker-metrics`` client. The caller owns it: it stays open after
+            the logger closes and may be shared by several loggers. Create it with
+            ``AioConfig(retries={"total_max_attempts": 1})`` so that botocore does not retry
+            on top of the logger. With ``None`` the logger creates (and closes) its own client
+            through the standard AWS credential and region chain.
+        region_name, endpoint_url: for the logger's own client only.
+        max_batch_size: points per request, 1..10 (10 is the API's maximum).
+        flush_interval: seconds a partial batch may wait for more points before it leaves.
+        max_buffered: the most points held at once: queued, in flight and awaiting a retry.
+        on_full: what happens to a new point when ``max_buffered`` are held: ``"block"`` (the
+            ``await`` waits for room; ``log_nowait`` raises BufferFullError), ``"drop_newest"``
+            (the new point is dropped), ``"drop_oldest"`` (the oldest queued point is dropped;
+            if every held point is already in flight, the new one is), or ``"raise"``
+            (BufferFullError). Drops are counted in ``stats.dropped`` and logged.
+        max_in_flight: concurrent requests.
+        max_attempts: sends per point before it fails for good.
+        delivery_timeout: seconds since a point was logged after which it fails for good
+            (``DELIVERY_TIMEOUT``), queued or retrying.
+        close_timeout: seconds that leaving the block (or ``aclose()``) may spend draining;
+            points still held then fail with ``CLOSE_TIMEOUT``.
+        non_finite: ``"drop"`` skips NaN and infinities (counted in ``stats.rejected``, one
+            warning per metric name); ``"raise"`` raises InvalidMetricError.
+        on_failure: called (synchronously, on the event loop) with each group of final
+            failures; an exception in it is logged, never raised.
+        backoff_initial, backoff_max: the exponential backoff between retries, in seconds
+            (full jitter is added on top, up to ``backoff_initial``).
+
+    Raises:
+        InvalidMetricError: a bad trial component name or option (the message names it).
+    """
+
+    def __init__(
+        self,
+        trial_component_name: str,
+        *,
+        client: MetricsClient | None = None,
+        region_name: str | None = None,
+        endpoint_url: str | None = None,
+        max_batch_size: int = 10,
+        flush_interval: float = 1.0,
+        max_buffered: int = 100_000,
+        on_full: str = "block",
+        max_in_flight: int = 4,
+        max_attempts: int = 8,
+        delivery_timeout: float = 300.0,
+        close_timeout: float = 30.0,
+        non_finite: str = "drop",
+        on_failure: FailureCallback | None = None,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 10.0,
+    ) -> None:
+        self._trial_component = v.check_trial_component_name(trial_component_name)
+        if client is not None and not callable(getattr(client, "batch_put_metrics", None)):
+            raise InvalidMetricError(
+                f"client must have an async batch_put_metrics(**kwargs) method, got {type(client).__name__}"
+            )
+        if client is not None and (region_name is not None or endpoint_url is not None):
+            raise InvalidMetricError("region_name and endpoint_url apply only when client is None")
+        if on_failure is not None and (not callable(on_failure) or inspect.iscoroutinefunction(on_failure)):
+            raise InvalidMetricError(
+                "on_failure must be a regular (not async) function taking a list of FailedMetric"
+            )
+        self._client = client
+        self._owns_client = client is None
+        self._region_name = region_name
+        self._endpoint_url = endpoint_url
+        self._max_batch_size = v.check_int_option("max_batch_size", max_batch_size, 1, 10)
+        self._flush_interval = v.check_seconds_option("flush_interval", flush_interval)
+        self._max_buffered = v.check_int_option("max_buffered", max_buffered, 1)
+        self._on_full = v.check_choice_option("on_full", on_full, ON_FULL_POLICIES)
+        self._max_in_flight = v.check_int_option("max_in_flight", max_in_flight, 1)
+        self._max_attempts = v.check_int_option("max_attempts", max_attempts, 1)
+        self._delivery_timeout = v.check_seconds_option("delivery_timeout", delivery_timeout)
+        self._close_timeout = v.check_seconds_option("close_timeout", close_timeout)
+        self._drop_non_finite = v.check_choice_option("non_finite", non_finite, NON_FINITE_POLICIES) == "drop"
+        self._backoff_initial = v.check_seconds_option("backoff_initial", backoff_initial)
+        self._backoff_max = v.check_seconds_option("backoff_max", backoff_max)
+        if self._backoff_max < self._backoff_initial:
+            raise InvalidMetricError(
+                f"backoff_max ({backoff_max}) must not be below backoff_initial ({backoff_initial})"
+            )
+
+        self._state = _State.NEW
+        self._queue = PointQueue(self._max_batch_size, self._flush_interval)
+        self._groups: set[_Group] = set()
+        self._reporter = FailureReporter(self._trial_component, on_failure)
+        self._known_names: set[str] = set()
+        self._warned_non_finite: set[str] = set()
+        # Counters; pending (held) is kept explicitly because the hot path compares it with max_buffered.
+        self._logged = self._delivered = self._failed = self._dropped = 0
+        self._rejected = self._retried = self._requests = 0
+        self._held = 0
+        # While the queue's head is below this sequence number, partial batches leave at once.
+        self._urgent_seq = 0
+
+        # Created in start(), on the running event loop.
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._slots: anyio.Semaphore | None = None
+        self._wakeup: anyio.Event | None = None  # wakes the flusher
+        self._room: anyio.Event | None = None  # wakes producers blocked on max_buffered
+        self._progress: anyio.Event | None = None  # wakes flush() waiters
+        self._flusher: asyncio.Task[None] | None = None
+        self._flusher_done: anyio.Event | None = None
+        self._fatal: BaseException | None = None
+        self._closed_event: anyio.Event | None = None
+
+    # ------------------------------------------------------------------------------------------
+    # Lifecycle
+
+    async def __aenter__(self) -> MetricsLogger:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Drains also when the body raised or was cancelled; the exception then propagates.
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Starts the background flusher (``async with`` does this for you).
+
+        Raises:
+            MetricsBufError: the logger was already started, or (own client only) no AWS
+                credentials or region could be found.
+        """
+        if self._state is not _State.NEW:
+            raise MetricsBufError("a MetricsLogger can be started only once; create a new one")
+        self._state = _State.RUNNING  # claimed at once, so a concurrent second start() fails
+        self._stack = contextlib.AsyncExitStack()
+        try:
+            if self._client is None:
+                self._client = await open_own_client(
+                    self._stack,
+                    region_name=self._region_name,
+                    endpoint_url=self._endpoint_url,
+                    max_in_flight=self._max_in_flight,
+                )
+            else:
+                warn_if_client_retries(self._client)
+        except BaseException:
+            self._state = _State.CLOSED
+            await self._stack.aclose()
+            raise
+        self._slots = anyio.Semaphore(self._max_in_flight)
+        self._wakeup = anyio.Event()
+        self._flusher_done = anyio.Event()
+        self._closed_event = anyio.Event()
+        self._flusher = asyncio.get_running_loop().create_task(
+            self._run_flusher(), name=f"metricsbuf-flusher[{self._trial_component}]"
+        )
+        self._flusher.add_done_callback(self._on_flusher_done)
+
+    async def aclose(self) -> None:
+        """Stops intake and drains within ``close_timeout``; what is still held then fails with CLOSE_TIMEOUT.
+
+        Idempotent; safe to call from any task. Shielded from cancellation while it drains,
+        so a cancelled job still delivers what it logged.
+
+        Raises:
+            LoggerClosedError: the background flusher had died (the points it held are
+                reported as failed with FLUSHER_CRASHED).
+        """
+        if self._state is _State.NEW:
+            self._state = _State.CLOSED
+            return
+        if self._state is _State.CLOSED:
+            self._raise_if_fatal()
+            return
+        assert self._closed_event is not None
+        if self._state is _State.CLOSING:
+            with anyio.CancelScope(shield=True):
+                await self._closed_event.wait()
+            self._raise_if_fatal()
+            return
+        self._state = _State.CLOSING
+        self._urgent_seq = self._queue.appended
+        self._wake_all()
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._drain()
+            finally:
+                self._state = _State.CLOSED
+                self._closed_event.set()
+        self._log_summary()
+        self._raise_if_fatal()
+
+    async def _drain(self) -> None:
+        assert self._flusher is not None and self._flusher_done is not None and self._stack is not None
+        with anyio.move_on_after(self._close_timeout):
+            await self._flusher_done.wait()
+        if not self._flusher_done.is_set():
+            self._flusher.cancel()
+            with anyio.move_on_after(_CANCEL_GRACE):
+                await self._flusher_done.wait()
+        # Whatever is still held now was not delivered in time (or the flusher died).
+        code, message = (
+            (FLUSHER_CRASHED, f"the background flusher died: {self._fatal!r}")
+            if self._fatal is not None
+            else (CLOSE_TIMEOUT, f"still held when close_timeout ({self._close_timeout:g} s) ran out")
+        )
+        self._fail_points(self._queue.take_all(), code, message, attempts=0)
+        for group in list(self._groups):
+            self._groups.discard(group)
+            ambiguous = " (it was in flight, so the service may have stored it)" if group.attempts else ""
+            self._fail_points(group.points, code, message + ambiguous, group.attempts)
+        with anyio.move_on_after(_CANCEL_GRACE):
+            await self._stack.aclose()  # closes the logger's own client, if any
+
+    def _on_flusher_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._fatal = task.exception()
+            log.error("metricsbuf: the background flusher died", exc_info=self._fatal)
+        assert self._flusher_done is not None
+        self._flusher_done.set()
+        self._wake_all()
+
+    def _raise_if_fatal(self) -> None:
+        if self._fatal is not None:
+            raise LoggerClosedError(f"the metricsbuf flusher died: {self._fatal!r}") from self._fatal
+
+    def _check_running(self) -> None:
+        if self._state is not _State.RUNNING or self._fatal is not None:
+            self._raise_not_running()
+
+    def _raise_not_running(self) -> None:
+        self._raise_if_fatal()
+        if self._state is _State.NEW:
+            raise MetricsBufError(
+                "the MetricsLogger is not started: use 'async with' or 'await logger.start()'"
+            )
+        raise LoggerClosedError("the MetricsLogger is closed")
+
+    # ------------------------------------------------------------------------------------------
+    # Logging (the hot path)
+
+    async def log(
+        self, name: str, value: float, *, step: int | None = None, timestamp: datetime | float | None = None
+    ) -> None:
+        """Validates one point and enqueues it; never waits on the network.
+
+        Args:
+            name: 1-255 characters, no line breaks.
+            value: a real number: int, float, or anything with ``__float__`` (numpy scalars,
+                0-d tensors). Not str, not None. NaN and infinities follow ``non_finite``.
+            step: None or an integer (anything with ``__index__``) in 0..2**31-1.
+            timestamp: None for now (captured at this call), a datetime (a naive one is
+                taken as UTC) or epoch seconds; within 14 days before now to 2 hours after.
+
+        Raises:
+            InvalidMetricError: the point breaks a rule; nothing else is affected.
+            BufferFullError: ``on_full="raise"`` and ``max_buffered`` points are held.
+            LoggerClosedError: the logger is closed.
+        """
+        if self._state is not _State.RUNNING or self._fatal is not None:
+            self._raise_not_running()
+        point = self._make_point(name, value, step, timestamp, time.time())
+        if point is not None:
+            if self._held >= self._max_buffered:
+                if self._on_full == "block":
+                    await self._wait_for_room()
+                elif not self._make_room(point):
+                    return
+            self._enqueue(point)
+
+    async def log_many(
+        self,
+        metrics: Mapping[str, float],
+        *,
+        step: int | None = None,
+        timestamp: datetime | float | None = None,
+    ) -> None:
+        """Logs several metrics with one step and timestamp.
+
+        All points are validated first: if any is invalid, InvalidMetricError is raised and
+        none of them is logged.
+        """
+        if self._state is not _State.RUNNING or self._fatal is not None:
+            self._raise_not_running()
+        if not isinstance(metrics, Mapping):
+            raise InvalidMetricError(
+                f"log_many takes a mapping of name to value, got {type(metrics).__name__}"
+            )
+        now = time.time()
+        points = [self._make_point(name, value, step, timestamp, now) for name, value in metrics.items()]
+        for point in points:
+            if point is None:
+                continue
+            if self._held >= self._max_buffered:
+                if self._on_full == "block":
+                    await self._wait_for_room()
+                elif not self._make_room(point):
+                    continue
+            self._enqueue(point)
+
+    def log_nowait(
+        self, name: str, value: float, *, step: int | None = None, timestamp: datetime | float | None = None
+    ) -> None:
+        """Like ``log()``, for synchronous code running on the logger's event loop.
+
+        Under ``on_full="block"`` it cannot wait, so a full buffer raises BufferFullError.
+        """
+        if self._state is not _State.RUNNING or self._fatal is not None:
+            self._raise_not_running()
+        point = self._make_point(name, value, step, timestamp, time.time())
+        if point is not None:
+            if self._held >= self._max_buffered and not self._make_room(point):
+                return
+            self._enqueue(point)
+
+    def _make_point(self, name: Any, value: Any, step: Any, timestamp: Any, now: float) -> Point | None:
+        """Validates one point; returns it as a tuple, or None for a non-finite value under "drop"."""
+        if name not in self._known_names:
+            v.check_name(name)
+            if len(self._known_names) < _NAME_CACHE_LIMIT:
+                self._known_names.add(name)
+        if type(value) is not float:
+            value = v.coerce_value(name, value)
+        if not math.isfinite(value):
+            if not self._drop_non_finite:
+                raise InvalidMetricError(f"value of metric {name!r} is not finite: {value!r}")
+            self._reject_non_finite(name, value)
+            return None
+        if step is not None and (type(step) is not int or not 0 <= step <= v.MAX_STEP):
+            step = v.coerce_step(name, step)
+        if timestamp is not None:
+            now = v.coerce_timestamp(name, timestamp, now)
+        return (name, value, step, now, time.monotonic())
+
+    def _reject_non_finite(self, name: str, value: float) -> None:
+        self._rejected += 1
+        if name not in self._warned_non_finite:
+            self._warned_non_finite.add(name)
+            log.warning(
+                "metricsbuf: skipping non-finite value %r of metric %r (non_finite='drop'; "
+                "counted in stats.rejected; warned once per metric name)",
+                value,
+                name,
+            )
+
+    def _enqueue(self, point: Point) -> None:
+        self._logged += 1
+        self._held += 1
+        length = self._queue.append(point)
+        if length == 1 or length == self._max_batch_size:
+            wakeup = self._wakeup
+            if wakeup is not None:
+                wakeup.set()
+
+    def _make_room(self, point: Point) -> bool:
+        """Applies a non-blocking on_full policy when max_buffered points are held.
+
+        Returns True when the new point may be enqueued.
+        """
+        policy = self._on_full
+        if policy == "raise" or policy == "block":  # "block" reaches here only from log_nowait
+            raise BufferFullError(
+                f"{self._held} points held (max_buffered={self._max_buffered}); "
+                f"point {point[NAME]!r} was not logged (on_full={policy!r})"
+            )
+        self._dropped += 1
+        self._warn_dropped(policy)
+        if policy == "drop_oldest" and self._queue.pop_oldest() is not None:
+            self._settle(1)
+            return True
+        # drop_newest, or drop_oldest with every held point already in flight: the new point
+        # is accepted and dropped at once, so it still counts as logged.
+        self._logged += 1
+        return False
+
+    def _warn_dropped(self, policy: str) -> None:
+        self._reporter.warnings.warn(
+            "dropped",
+            "metricsbuf: buffer full (max_buffered=%d), dropping points (on_full=%r); %d dropped so far",
+            self._max_buffered,
+            policy,
+            self._dropped,
+        )
+
+    async def _wait_for_room(self) -> None:
+        while self._held >= self._max_buffered:
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
+            if self._state is not _State.RUNNING or self._fatal is not None:
+                self._raise_not_running()
+
+    # ------------------------------------------------------------------------------------------
+    # Flushing and results
+
+    async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (the contract's API)
+        """Returns once every point logged before this call is delivered or has failed for good.
+
+        Partial batches are sent at once rather than after ``flush_interval``.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first (the points stay queued).
+            LoggerClosedError: the logger is closed or its flusher died.
+        """
+        self._check_running()
+        if timeout is not None:
+            timeout = v.check_seconds_option("timeout", timeout)
+        target = self._queue.appended
+        self._urgent_seq = max(self._urgent_seq, target)
+        assert self._wakeup is not None
+        self._wakeup.set()
+        with anyio.fail_after(timeout):
+            while not self._settled_before(target):
+                if self._progress is None:
+                    self._progress = anyio.Event()
+                await self._progress.wait()
+                self._raise_if_fatal()
+
+    def _settled_before(self, seq: int) -> bool:
+        return self._queue.head_seq >= seq and all(group.first_seq >= seq for group in self._groups)
+
+    @property
+    def stats(self) -> MetricsStats:
+        """A consistent snapshot of the counters (``logged == delivered + failed + dropped + pending``)."""
+        return MetricsStats(
+            logged=self._logged,
+            delivered=self._delivered,
+            failed=self._failed,
+            dropped=self._dropped,
+            rejected=self._rejected,
+            retried=self._retried,
+            requests=self._requests,
+            pending=self._held,
+        )
+
+    @property
+    def failures(self) -> list[FailedMetric]:
+        """Every point that failed for good so far, with its code and message (a copy)."""
+        return list(self._reporter.failures)
+
+    @property
+    def trial_component_name(self) -> str:
+        return self._trial_component
+
+    # ------------------------------------------------------------------------------------------
+    # The flusher
+
+    def _wake_all(self) -> None:
+        for event in (self._wakeup, self._room, self._progress):
+            if event is not None:
+                event.set()
+        self._room = self._progress = None
+
+    def _notify_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
+
+    def _settle(self, count: int) -> None:
+        """``count`` held points were delivered, failed or dropped: wake whoever waits for that."""
+        self._held -= count
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+        self._notify_progress()
+
+    async def _run_flusher(self) -> None:
+        assert self._slots is not None
+        async with anyio.create_task_group() as task_group:
+            while True:
+                await self._wait_until_batch_due()
+                if not self._queue:
+                    if self._state is not _State.RUNNING:
+                        break  # closing and nothing queued: the task group waits for what is in flight
+                    continue
+                # Take the slot first, then the batch: while every slot is busy the batch keeps filling.
+                await self._slots.acquire()
+                self._expire_queued()
+                if not self._queue:
+                    self._slots.release()
+                    continue
+                first_seq, points = self._queue.take_batch()
+                group = _Group(points, first_seq)
+                self._groups.add(group)
+                task_group.start_soon(self._deliver, group)
+
+    async def _wait_until_batch_due(self) -> None:
+        queue = self._queue
+        while True:
+            if queue and queue.head_seq < self._urgent_seq:
+                return  # flush() or close: partial batches go now
+            if not queue and self._state is not _State.RUNNING:
+                return
+            delay = queue.seconds_until_due(time.monotonic())
+            if delay == 0.0:
+                return
+            self._wakeup = wakeup = anyio.Event()
+            with anyio.move_on_after(math.inf if delay is None else delay):
+                await wakeup.wait()
+
+    def _expire_queued(self) -> None:
+        expired = self._queue.pop_expired(time.monotonic() - self._delivery_timeout)
+        if expired:
+            self._fail_points(expired, DELIVERY_TIMEOUT, self._timeout_message(), attempts=0)
+
+    def _timeout_message(self) -> str:
+        return f"not delivered within delivery_timeout ({self._delivery_timeout:g} s) of being logged"
+
+    async def _deliver(self, group: _Group) -> None:
+        """Sends one batch until every point is delivered or failed for good.
+
+        Called holding an in-flight slot; resends take a slot again and release it while
+        they back off. Never raises (except cancellation): a failure of any kind ends as
+        FailedMetric records, so the flusher survives.
+        """
+        assert self._slots is not None
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._max_attempts),
+            wait=self._backoff_for(group),
+            retry=retry_if_exception_type(_Resend),
+            sleep=anyio.sleep,
+            reraise=True,
+        )
+        holding_slot = True
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if not holding_slot:
+                        await self._slots.acquire()
+                        holding_slot = True
+                    try:
+                        await self._send(group)
+                    finally:
+                        self._slots.release()
+                        holding_slot = False
+        except _Resend as exhausted:
+            by_code: dict[str, list[Point]] = {}
+            for point, code in zip(group.points, exhausted.codes, strict=True):
+                by_code.setdefault(code, []).append(point)
+            for code, points in by_code.items():
+                self._fail_points(
+                    points,
+                    code,
+                    f"gave up after {group.attempts} attempts: {exhausted.message}",
+                    group.attempts,
+                )
+        except Exception as exc:  # a bug here must not take the flusher down
+            log.exception("metricsbuf: unexpected error while delivering a batch")
+            self._fail_points(group.points, type(exc).__name__, f"unexpected error: {exc!r}", group.attempts)
+        finally:
+            if holding_slot:
+                self._slots.release()
+        group.points = []
+        self._groups.discard(group)
+        self._notify_progress()
+
+    def _backoff_for(self, group: _Group) -> Any:
+        """Exponential backoff with jitter, never sleeping past the group's last delivery deadline."""
+        backoff = wait_exponential_jitter(
+            initial=self._backoff_initial, max=self._backoff_max, jitter=self._backoff_initial
+        )
+
+        def wait(retry_state: RetryCallState) -> float:
+            delay = backoff(retry_state)
+            if group.points:
+                last_deadline = max(p[LOGGED_AT] for p in group.points) + self._delivery_timeout
+                delay = min(delay, max(0.0, last_deadline - time.monotonic()))
+            return delay
+
+        return wait
+
+    async def _send(self, group: _Group) -> None:
+        """One attempt. Raises _Resend if some points must be sent again."""
+        now = time.monotonic()
+        deadline = now - self._delivery_timeout
+        if any(p[LOGGED_AT] < deadline for p in group.points):
+            expired = [p for p in group.points if p[LOGGED_AT] < deadline]
+            group.points = [p for p in group.points if p[LOGGED_AT] >= deadline]
+            self._fail_points(expired, DELIVERY_TIMEOUT, self._timeout_message(), group.attempts)
+        points = group.points
+        if not points:
+            return
+        if group.attempts:
+            self._retried += len(points)
+        group.attempts += 1
+        self._requests += 1
+        metric_data = [
+            {"MetricName": p[NAME], "Timestamp": p[TIMESTAMP], "Value": p[VALUE]}
+            if p[STEP] is None
+            else {"MetricName": p[NAME], "Timestamp": p[TIMESTAMP], "Value": p[VALUE], "Step": p[STEP]}
+            for p in points
+        ]
+        try:
+            response = await self._client.batch_put_metrics(  # type: ignore[union-attr]
+                TrialComponentName=self._trial_component, MetricData=metric_data
+            )
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            failure = classify_exception(exc)
+            if failure.retryable:
+                raise _Resend([failure.code] * len(points), failure.message) from exc
+            self._fail_points(points, failure.code, failure.message, group.attempts)
+            group.points = []
+            return
+        self._apply_response(group, response)
+
+    def _apply_response(self, group: _Group, response: object) -> None:
+        points = group.points
+        errors = response.get("Errors") if isinstance(response, dict) else None
+        codes: dict[int, str] = {}
+        for error in errors or ():
+            index = error.get("MetricIndex") if isinstance(error, dict) else None
+            if isinstance(index, int) and 0 <= index < len(points):
+                codes[index] = str(error.get("Code") or "UNKNOWN_ERROR")
+            else:
+                self._reporter.warnings.warn(
+                    "bad-error-entry",
+                    "metricsbuf: ignoring a malformed Errors entry in a response: %r",
+                    error,
+                )
+        if not codes:
+            self._delivered += len(points)
+            self._settle(len(points))
+            group.points = []
+            return
+        resend: list[Point] = []
+        resend_codes: list[str] = []
+        final: dict[str, list[Point]] = {}
+        for index, point in enumerate(points):
+            code = codes.get(index)
+            if code is None:
+                continue
+            if code in RETRYABLE_INDEX_CODES:
+                resend.append(point)
+                resend_codes.append(code)
+            else:  # FINAL_INDEX_CODES, and any code this version does not know: never resent blindly
+                final.setdefault(code, []).append(point)
+        delivered = len(points) - len(resend) - sum(len(p) for p in final.values())
+        self._delivered += delivered
+        self._settle(delivered)
+        for code, failed in final.items():
+            known = "" if code in FINAL_INDEX_CODES else " (unknown code: not retried)"
+            self._fail_points(
+                failed, code, f"the service rejected the point with {code}{known}", group.attempts
+            )
+        group.points = resend
+        if resend:
+            raise _Resend(resend_codes, "the service answered " + "/".join(sorted(set(resend_codes))))
+
+    def _fail_points(self, points: list[Point], code: str, message: str, attempts: int) -> None:
+        if points:
+            self._failed += self._reporter.report(points, code, message, attempts)
+            self._settle(len(points))
+
+    def _log_summary(self) -> None:
+        stats = self.stats
+        if stats.failed or stats.dropped:
+            log.warning(
+                "metricsbuf: closed trial component %r: %d logged, %d delivered, %d failed %s, %d dropped",
+                self._trial_component,
+                stats.logged,
+                stats.delivered,
+                stats.failed,
+                self._reporter.by_code,
+                stats.dropped,
+            )
+        else:
+            log.info(
+                "metricsbuf: closed trial component %r: %d logged, %d delivered",
+                self._trial_component,
+                stats.logged,
+                stats.delivered,
+            )
