@@ -448,14 +448,13 @@ class FakeMetricsService:
         """One metric's stored points, ordered by step (None first), then timestamp."""
         return _series(self.points, trial_component, name)
 
-    def client_kwargs(self, region_name: str = "us-east-1") -> dict[str, str]:
-        """Keyword arguments for ``session.create_client("sagemaker-metrics", **svc.client_kwargs())``."""
-        return {
-            "region_name": region_name,
-            "endpoint_url": self.endpoint_url,
-            "aws_access_key_id": "fake",
-            "aws_secret_access_key": "fake",
-        }
+    def client_kwargs(self, region_name: str = "us-east-1") -> dict[str, Any]:
+        """Keyword arguments for ``session.create_client("sagemaker-metrics", **svc.client_kwargs())``.
+
+        Includes ``verify=False``: the endpoint is plain http, and it spares aiobotocore from
+        loading the CA bundle (tens of milliseconds) before a client's first request.
+        """
+        return _client_kwargs(self.endpoint_url, region_name)
 
     def environ(self, region_name: str = "us-east-1") -> dict[str, str]:
         """Environment variables that send any botocore ``sagemaker-metrics`` client here.
@@ -716,6 +715,16 @@ def _points_to_json(points: Iterable[StoredPoint]) -> list[list[Any]]:
 
 def _points_from_json(rows: Iterable[list[Any]]) -> list[StoredPoint]:
     return [StoredPoint(tc, name, step, float(value), float(ts)) for tc, name, step, value, ts in rows]
+
+
+def _client_kwargs(endpoint_url: str, region_name: str) -> dict[str, Any]:
+    return {
+        "region_name": region_name,
+        "endpoint_url": endpoint_url,
+        "aws_access_key_id": "fake",
+        "aws_secret_access_key": "fake",
+        "verify": False,
+    }
 
 
 def _environ(endpoint_url: str, region_name: str) -> dict[str, str]:
@@ -1011,14 +1020,9 @@ class FakeMetricsServiceProcess:
         """Environment variables that send any botocore ``sagemaker-metrics`` client to the child."""
         return _environ(self.endpoint_url, region_name)
 
-    def client_kwargs(self, region_name: str = "us-east-1") -> dict[str, str]:
+    def client_kwargs(self, region_name: str = "us-east-1") -> dict[str, Any]:
         """Keyword arguments for ``session.create_client("sagemaker-metrics", **proc.client_kwargs())``."""
-        return {
-            "region_name": region_name,
-            "endpoint_url": self.endpoint_url,
-            "aws_access_key_id": "fake",
-            "aws_secret_access_key": "fake",
-        }
+        return _client_kwargs(self.endpoint_url, region_name)
 
     async def state_async(self, *, points: bool = True) -> ServiceState:
         """`state`, run in a thread."""
