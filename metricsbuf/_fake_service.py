@@ -662,48 +662,63 @@ class FakeMetricsService:
         return trial_component, [_parse_item(i, item, earliest, latest) for i, item in enumerate(data)]
 
 
+_NUMBER_TYPES: Final = (int, float)
+
+
 def _parse_item(
     index: int, item: object, earliest: float, latest: float
 ) -> tuple[str, int | None, float, float] | None:
     """Parse one MetricData item: the stored fields, None for VALIDATION_ERROR, or _RequestError."""
-    if not isinstance(item, dict):
+    if type(item) is not dict:
         raise _malformed(f"MetricData[{index}] must be an object")
     name = item.get("MetricName")
-    timestamp = item.get("Timestamp")
-    value = item.get("Value")
+    timestamp: Any = item.get("Timestamp")
+    value: Any = item.get("Value")
     step = item.get("Step")
+    # The common case in one test (exact types: a JSON true/false is a bool, never accepted).
+    if (
+        type(name) is not str
+        or type(timestamp) not in _NUMBER_TYPES
+        or type(value) not in _NUMBER_TYPES
+        or (step is not None and type(step) is not int)
+    ):
+        _check_item_types(index, name, timestamp, value, step)
+        return None  # a non-finite value sent as a string
+    try:
+        number = float(value)  # an int or a float, checked above
+    except OverflowError:  # an integer too large for a double
+        return None
+    if (
+        0 < len(name) <= MAX_METRIC_NAME_LENGTH
+        and not _LINE_BREAK.search(name)
+        and (step is None or 0 <= step <= MAX_STEP)
+        and earliest <= timestamp <= latest
+        and math.isfinite(number)
+    ):
+        return name, step, number, float(timestamp)
+    return None
+
+
+def _check_item_types(index: int, name: object, timestamp: object, value: object, step: object) -> None:
+    """Raise the whole-request error for an item with a missing member or a wrong JSON type.
+
+    Returns normally only when the item is well formed but its Value is one of botocore's
+    strings for a non-finite double (a per-index VALIDATION_ERROR).
+    """
     for member, got in (("metricName", name), ("timestamp", timestamp), ("value", value)):
         if got is None:
             raise _invalid(
                 f"Value null at 'metricData.{index + 1}.member.{member}' failed to satisfy constraint: "
                 f"Member must not be null"
             )
-    if not isinstance(name, str):
+    if type(name) is not str:
         raise _malformed(f"MetricData[{index}].MetricName must be a string")
-    if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
+    if type(timestamp) not in _NUMBER_TYPES:
         raise _malformed(f"MetricData[{index}].Timestamp must be a number of epoch seconds")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+    if step is not None and type(step) is not int:
         raise _malformed(f"MetricData[{index}].Step must be an integer")
-    if isinstance(value, str):
-        if value not in _NON_FINITE_STRINGS:
-            raise _malformed(f"MetricData[{index}].Value must be a number")
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if type(value) not in _NUMBER_TYPES and value not in _NON_FINITE_STRINGS:
         raise _malformed(f"MetricData[{index}].Value must be a number")
-
-    try:
-        number = float(value)
-    except OverflowError:  # an integer too large for a double
-        return None
-    if not (
-        0 < len(name) <= MAX_METRIC_NAME_LENGTH
-        and not _LINE_BREAK.search(name)
-        and (step is None or 0 <= step <= MAX_STEP)
-        and math.isfinite(number)
-        and earliest <= timestamp <= latest
-    ):
-        return None
-    return name, step, number, float(timestamp)
 
 
 # --------------------------------------------------------------------------- control endpoints
