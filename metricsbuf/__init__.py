@@ -13,10 +13,10 @@ from ._models import CLOSE_TIMEOUT, DELIVERY_TIMEOUT, FLUSHER_CRASHED, FailedMet
 __version__ = "0.1.0"
 
 __all__ = [
+    "BufferFullError",
     "CLOSE_TIMEOUT",
     "DELIVERY_TIMEOUT",
     "FLUSHER_CRASHED",
-    "BufferFullError",
     "FailedMetric",
     "InvalidMetricError",
     "LoggerClosedError",

@@ -617,15 +617,15 @@ class MetricsLogger:
         FailedMetric records, so the flusher survives.
         """
         assert self._slots is not None
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._max_attempts),
-            wait=self._backoff_for(group),
-            retry=retry_if_exception_type(_Resend),
-            sleep=anyio.sleep,
-            reraise=True,
-        )
         holding_slot = True
         try:
+            retrying = AsyncRetrying(
+                stop=stop_after_attempt(self._max_attempts),
+                wait=self._backoff_for(group),
+                retry=retry_if_exception_type(_Resend),
+                sleep=anyio.sleep,
+                reraise=True,
+            )
             async for attempt in retrying:
                 with attempt:
                     if not holding_slot:
@@ -660,7 +660,7 @@ class MetricsLogger:
     def _backoff_for(self, group: _Group) -> Any:
         """Exponential backoff with jitter, never sleeping past the group's last delivery deadline."""
         backoff = wait_exponential_jitter(
-            initial=self._backoff_initial, max=self._backoff_max, jitter=self._backoff_initial
+            multiplier=self._backoff_initial, max=self._backoff_max, jitter=self._backoff_initial
         )
 
         def wait(retry_state: RetryCallState) -> float:

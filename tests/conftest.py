@@ -1,0 +1,67 @@
+"""Shared fixtures: an in-memory client for fast, deterministic unit tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+Response = dict[str, Any]
+Handler = Callable[[int, list[dict[str, Any]]], Response | None]
+
+
+class FakeClient:
+    """Stands in for an aiobotocore ``sagemaker-metrics`` client.
+
+    ``handler(request_number, metric_data)`` decides each answer: return a response dict
+    (``None`` means all stored) or raise. ``gate``, when set, holds every request until it is
+    opened, so a test can keep requests in flight for as long as it needs.
+    """
+
+    def __init__(self, handler: Handler | None = None) -> None:
+        self.handler = handler
+        self.requests: list[list[dict[str, Any]]] = []
+        self.trial_components: list[str] = []
+        self.gate: asyncio.Event | None = None
+        self.in_flight = 0
+        self.max_in_flight_seen = 0
+        self.stored: list[dict[str, Any]] = []
+
+    async def batch_put_metrics(self, **kwargs: Any) -> Response:
+        data = kwargs["MetricData"]
+        number = len(self.requests)
+        self.requests.append(list(data))
+        self.trial_components.append(kwargs["TrialComponentName"])
+        self.in_flight += 1
+        self.max_in_flight_seen = max(self.max_in_flight_seen, self.in_flight)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            else:
+                await asyncio.sleep(0)
+            response = self.handler(number, data) if self.handler else None
+        finally:
+            self.in_flight -= 1
+        response = response or {"Errors": []}
+        failed = {e.get("MetricIndex") for e in response.get("Errors", []) if isinstance(e, dict)}
+        self.stored.extend(item for i, item in enumerate(data) if i not in failed)
+        return response
+
+    @property
+    def sent_points(self) -> int:
+        return sum(len(r) for r in self.requests)
+
+
+@pytest.fixture
+def client() -> FakeClient:
+    return FakeClient()
+
+
+def errors(*pairs: tuple[int, str]) -> Response:
+    return {"Errors": [{"MetricIndex": i, "Code": c} for i, c in pairs]}
+
+
+def assert_accounted(stats: Any) -> None:
+    assert stats.logged == stats.delivered + stats.failed + stats.dropped + stats.pending, stats

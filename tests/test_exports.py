@@ -1,0 +1,29 @@
+"""The public surface is exactly what __all__ says (as httpx and anyio keep theirs honest)."""
+
+from __future__ import annotations
+
+import metricsbuf
+
+
+def test_all_names_exist_and_are_sorted() -> None:
+    for name in metricsbuf.__all__:
+        assert hasattr(metricsbuf, name), name
+    assert metricsbuf.__all__ == sorted(metricsbuf.__all__)
+
+
+def test_public_names_are_in_all() -> None:
+    public = {n for n in vars(metricsbuf) if not n.startswith("_")} - {"testing", "pytest_plugin"}
+    assert public <= set(metricsbuf.__all__)
+
+
+def test_exception_tree() -> None:
+    assert issubclass(metricsbuf.InvalidMetricError, metricsbuf.MetricsBufError)
+    assert issubclass(metricsbuf.InvalidMetricError, ValueError)
+    for exc in (metricsbuf.BufferFullError, metricsbuf.LoggerClosedError):
+        assert issubclass(exc, metricsbuf.MetricsBufError)
+
+
+def test_contract_names_are_exported() -> None:
+    for name in ("MetricsLogger", "MetricsStats", "FailedMetric", "MetricsBufError", "InvalidMetricError",
+                 "BufferFullError", "LoggerClosedError"):
+        assert name in metricsbuf.__all__

@@ -1,0 +1,75 @@
+"""With client=None the logger builds its own aiobotocore client; setup problems surface at __aenter__."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+
+from metricsbuf import MetricsBufError, MetricsLogger
+
+
+@pytest.fixture
+def no_aws_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return monkeypatch
+
+
+async def test_missing_credentials_fail_at_enter(no_aws_config: pytest.MonkeyPatch) -> None:
+    metrics = MetricsLogger("run-1", region_name="us-east-1")
+    with pytest.raises(MetricsBufError, match="no AWS credentials found"):
+        async with metrics:
+            pass
+    with pytest.raises(MetricsBufError):
+        await metrics.log("loss", 1.0)
+
+
+async def test_missing_region_fails_at_enter(no_aws_config: pytest.MonkeyPatch) -> None:
+    no_aws_config.setenv("AWS_ACCESS_KEY_ID", "test")
+    no_aws_config.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    with pytest.raises(MetricsBufError, match="no AWS region"):
+        async with MetricsLogger("run-1"):
+            pass
+
+
+async def test_own_client_is_created_and_closed(no_aws_config: pytest.MonkeyPatch) -> None:
+    no_aws_config.setenv("AWS_ACCESS_KEY_ID", "test")
+    no_aws_config.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    async with MetricsLogger("run-1", region_name="eu-west-1", endpoint_url="http://127.0.0.1:9") as metrics:
+        client = metrics._client
+        assert client is not None
+        config = client.meta.config  # type: ignore[attr-defined]
+        assert client.meta.region_name == "eu-west-1"  # type: ignore[attr-defined]
+        assert config.retries["total_max_attempts"] == 1
+        # validation is off: the serializer is not wrapped in botocore's validating decorator
+        assert type(client._serializer).__name__ != "ParamValidationDecorator"  # type: ignore[attr-defined]
+    # closed on exit: aiobotocore's session is gone (no "Unclosed client session" warning either)
+    assert client._endpoint.http_session._sessions is None  # type: ignore[attr-defined]
+
+
+async def test_a_caller_client_that_retries_by_itself_gets_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="metricsbuf")
+    session = get_session()
+    kwargs = {"region_name": "us-east-1", "aws_access_key_id": "x", "aws_secret_access_key": "x",
+              "endpoint_url": "http://127.0.0.1:9"}
+    async with session.create_client("sagemaker-metrics", **kwargs) as retrying_client:
+        async with MetricsLogger("run-1", client=retrying_client):
+            pass
+    assert any("retries on its own" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    config = AioConfig(retries={"total_max_attempts": 1})
+    async with session.create_client("sagemaker-metrics", config=config, **kwargs) as quiet_client:
+        async with MetricsLogger("run-1", client=quiet_client):
+            pass
+        # the caller's client stays open after the logger closes
+        assert quiet_client._endpoint.http_session._sessions is not None
+    assert not any("retries on its own" in r.getMessage() for r in caplog.records)
