@@ -75,7 +75,7 @@ CONFLICT_ERROR: Final = "CONFLICT_ERROR"
 #: ``items == stored + VALIDATION_ERROR + METRIC_LIMIT_EXCEEDED + INTERNAL_ERROR + CONFLICT_ERROR``.
 COUNT_KEYS: Final[Mapping[str, str]] = {
     "requests": "PUT /BatchPutMetrics requests received (each HTTP attempt, including aiohttp's own resends)",
-    "ok": "requests answered HTTP 200 (with or without per-index Errors)",
+    "ok": "requests answered HTTP 200, with or without per-index Errors (the client may have left)",
     "items": "MetricData items that got a per-index outcome (in requests that reached the per-index stage)",
     "stored": "points stored (appended to `points`)",
     VALIDATION_ERROR: "items answered VALIDATION_ERROR",
@@ -86,8 +86,8 @@ COUNT_KEYS: Final[Mapping[str, str]] = {
     "server_error": "requests answered HTTP 500 InternalFailure or 503 ServiceUnavailable (injected)",
     "server_error_500": "of those, the HTTP 500 InternalFailure ones",
     "server_error_503": "of those, the HTTP 503 ServiceUnavailable ones",
-    "reset": "connections reset before any processing: nothing stored (injected)",
-    "ambiguous_reset": "connections reset after the points were stored, without a response (injected)",
+    "reset": "connections dropped (RST or close) before any processing: nothing stored (injected)",
+    "ambiguous_reset": "connections dropped after the points were stored, without a response (injected)",
     "invalid_request": "requests answered HTTP 400 ValidationException or SerializationException",
     "resource_not_found": "requests answered HTTP 400 ResourceNotFound (`known_trial_components`)",
     "max_items_in_request": "the largest MetricData list seen in one request (a maximum, not a sum)",
@@ -107,7 +107,8 @@ class StoredPoint:
         name: ``MetricName``.
         step: ``Step``, or None when the item had none.
         value: ``Value`` as a float (always finite: non-finite values are rejected).
-        timestamp: ``Timestamp`` in epoch seconds, as sent (botocore keeps microseconds).
+        timestamp: ``Timestamp`` in epoch seconds, as sent. botocore 1.43.117 sends microseconds
+            (a float timestamp given to the client is rounded to the microsecond on the way).
     """
 
     trial_component: str

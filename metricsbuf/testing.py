@@ -145,9 +145,10 @@ __all__ = [
     "FakeMetricsServiceProcess",
     "ServiceState",
     "StoredPoint",
-    "fake_metrics_service",
     "main",
 ]
+# Not in __all__: `fake_metrics_service` (the pytest fixture), loaded lazily by __getattr__ so
+# that importing this module, even with "import *", never imports pytest.
 
 
 def __getattr__(name: str) -> Any:
