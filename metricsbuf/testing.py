@@ -27,14 +27,21 @@ Enable the plugin in a ``conftest.py`` (pytest and pytest-asyncio are needed onl
 
     pytest_plugins = ["metricsbuf.pytest_plugin"]
 
-then ask for ``fake_metrics_service`` in an async test; options come from an optional marker::
+then ask for ``fake_metrics_service`` in an async test; options come from an optional marker
+or from indirect parametrization::
 
     @pytest.mark.fake_metrics_service(conflict_error_rate=0.1, latency=0.01)
     async def test_it(fake_metrics_service: FakeMetricsService) -> None:
         ...
 
+    @pytest.mark.parametrize("fake_metrics_service", [{"reset_rate": 0.1}], indirect=True)
+    async def test_resets(fake_metrics_service: FakeMetricsService) -> None:
+        ...
+
 (``from metricsbuf.testing import fake_metrics_service`` also works, in a conftest.py or a
-test module; it imports pytest at that moment, not when ``metricsbuf.testing`` is imported.)
+test module; it imports pytest at that moment, not when ``metricsbuf.testing`` is imported.
+The marker is registered only when the plugin is loaded, so a test module that merely
+imports the fixture should use the parametrization.)
 
 What the service checks
 -----------------------
