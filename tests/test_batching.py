@@ -28,7 +28,7 @@ async def test_partial_batch_waits_for_flush_interval(client: FakeClient) -> Non
         for _ in range(20):
             await asyncio.sleep(0)
         assert client.requests == []  # not yet: the batch is partial and young
-        while not client.requests:
+        while not client.requests:  # noqa: ASYNC110 (polling the fake is the simplest probe here)
             await asyncio.sleep(0.01)
         waited = time.monotonic() - started
     assert 0.15 <= waited < 5.0
@@ -101,5 +101,7 @@ async def test_several_loggers_share_one_client(client: FakeClient) -> None:
     await asyncio.gather(*(job(m) for m in loggers))
     assert all(m.stats.delivered == 200 for m in loggers)
     for i in range(5):
-        count = sum(len(r) for r, tc in zip(client.requests, client.trial_components, strict=True) if tc == f"run-{i}")
+        count = sum(
+            len(r) for r, tc in zip(client.requests, client.trial_components, strict=True) if tc == f"run-{i}"
+        )
         assert count == 200

@@ -24,6 +24,13 @@ def test_exception_tree() -> None:
 
 
 def test_contract_names_are_exported() -> None:
-    for name in ("MetricsLogger", "MetricsStats", "FailedMetric", "MetricsBufError", "InvalidMetricError",
-                 "BufferFullError", "LoggerClosedError"):
+    for name in (
+        "MetricsLogger",
+        "MetricsStats",
+        "FailedMetric",
+        "MetricsBufError",
+        "InvalidMetricError",
+        "BufferFullError",
+        "LoggerClosedError",
+    ):
         assert name in metricsbuf.__all__

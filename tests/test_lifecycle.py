@@ -169,7 +169,9 @@ async def test_backend_down_during_retries_exit_respects_close_timeout() -> None
         raise ConnectionResetError("down")
 
     started = time.monotonic()
-    async with MetricsLogger("run-1", client=FakeClient(handler), close_timeout=0.3, backoff_initial=0.05) as metrics:
+    async with MetricsLogger(
+        "run-1", client=FakeClient(handler), close_timeout=0.3, backoff_initial=0.05
+    ) as metrics:
         for step in range(100):
             await metrics.log("loss", float(step), step=step)
     assert time.monotonic() - started < 0.3 + 2.0

@@ -18,7 +18,9 @@ def gated() -> FakeClient:
 
 async def test_block_waits_for_room_and_loses_nothing() -> None:
     client = gated()
-    async with MetricsLogger("run-1", client=client, max_buffered=25, on_full="block", max_in_flight=2) as metrics:
+    async with MetricsLogger(
+        "run-1", client=client, max_buffered=25, on_full="block", max_in_flight=2
+    ) as metrics:
         producer = asyncio.ensure_future(
             asyncio.gather(*[metrics.log("loss", float(step), step=step) for step in range(100)])
         )
@@ -49,7 +51,9 @@ async def test_raise_refuses_without_counting_the_point() -> None:
 
 async def test_drop_newest_keeps_the_oldest() -> None:
     client = gated()
-    async with MetricsLogger("run-1", client=client, max_buffered=20, on_full="drop_newest", max_in_flight=1) as metrics:
+    async with MetricsLogger(
+        "run-1", client=client, max_buffered=20, on_full="drop_newest", max_in_flight=1
+    ) as metrics:
         for step in range(50):
             await metrics.log("loss", float(step), step=step)
         assert metrics.stats.pending == 20
@@ -61,7 +65,9 @@ async def test_drop_newest_keeps_the_oldest() -> None:
 
 async def test_drop_oldest_keeps_the_newest_queued() -> None:
     client = gated()
-    async with MetricsLogger("run-1", client=client, max_buffered=20, on_full="drop_oldest", max_in_flight=1) as metrics:
+    async with MetricsLogger(
+        "run-1", client=client, max_buffered=20, on_full="drop_oldest", max_in_flight=1
+    ) as metrics:
         await metrics.log_many({f"m{i}": 1.0 for i in range(10)}, step=0)
         await asyncio.sleep(0.01)  # that batch is in flight now, held at the gate
         for step in range(1, 51):
@@ -76,7 +82,9 @@ async def test_drop_oldest_keeps_the_newest_queued() -> None:
 
 async def test_drop_oldest_with_everything_in_flight_drops_the_new_point() -> None:
     client = gated()
-    async with MetricsLogger("run-1", client=client, max_buffered=10, on_full="drop_oldest", max_in_flight=1) as metrics:
+    async with MetricsLogger(
+        "run-1", client=client, max_buffered=10, on_full="drop_oldest", max_in_flight=1
+    ) as metrics:
         await metrics.log_many({f"m{i}": 1.0 for i in range(10)}, step=0)
         await asyncio.sleep(0.01)
         await metrics.log("late", 1.0)
@@ -93,7 +101,12 @@ async def test_held_points_never_exceed_max_buffered_including_retries(policy: s
     client = FakeClient(handler)
     peak = 0
     async with MetricsLogger(
-        "run-1", client=client, max_buffered=40, on_full=policy, backoff_initial=0.001, backoff_max=0.005,
+        "run-1",
+        client=client,
+        max_buffered=40,
+        on_full=policy,
+        backoff_initial=0.001,
+        backoff_max=0.005,
         max_attempts=3,
     ) as metrics:
         for step in range(2000):

@@ -14,9 +14,17 @@ from metricsbuf import MetricsBufError, MetricsLogger
 
 @pytest.fixture
 def no_aws_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+    for var in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
@@ -56,11 +64,17 @@ async def test_own_client_is_created_and_closed(no_aws_config: pytest.MonkeyPatc
     assert client._endpoint.http_session._sessions is None  # type: ignore[attr-defined]
 
 
-async def test_a_caller_client_that_retries_by_itself_gets_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_caller_client_that_retries_by_itself_gets_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.WARNING, logger="metricsbuf")
     session = get_session()
-    kwargs = {"region_name": "us-east-1", "aws_access_key_id": "x", "aws_secret_access_key": "x",
-              "endpoint_url": "http://127.0.0.1:9"}
+    kwargs = {
+        "region_name": "us-east-1",
+        "aws_access_key_id": "x",
+        "aws_secret_access_key": "x",
+        "endpoint_url": "http://127.0.0.1:9",
+    }
     async with session.create_client("sagemaker-metrics", **kwargs) as retrying_client:
         async with MetricsLogger("run-1", client=retrying_client):
             pass

@@ -17,7 +17,10 @@ FAST = {"backoff_initial": 0.001, "backoff_max": 0.002}
 
 def client_error(code: str, status: int) -> ClientError:
     return ClientError(
-        {"Error": {"Code": code, "Message": f"{code} happened"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        {
+            "Error": {"Code": code, "Message": f"{code} happened"},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
         "BatchPutMetrics",
     )
 
@@ -30,7 +33,12 @@ async def log_steps(metrics: MetricsLogger, count: int, name: str = "loss") -> N
 async def test_only_retryable_indices_are_resent() -> None:
     def handler(number: int, data: list[dict[str, Any]]) -> dict[str, Any] | None:
         if number == 0:
-            return errors((1, "INTERNAL_ERROR"), (4, "CONFLICT_ERROR"), (6, "VALIDATION_ERROR"), (8, "METRIC_LIMIT_EXCEEDED"))
+            return errors(
+                (1, "INTERNAL_ERROR"),
+                (4, "CONFLICT_ERROR"),
+                (6, "VALIDATION_ERROR"),
+                (8, "METRIC_LIMIT_EXCEEDED"),
+            )
         return None
 
     client = FakeClient(handler)
@@ -47,8 +55,13 @@ async def test_only_retryable_indices_are_resent() -> None:
 
 async def test_retryable_index_fails_after_max_attempts_with_its_code() -> None:
     def handler(number: int, data: list[dict[str, Any]]) -> dict[str, Any] | None:
-        return errors(*((i, "CONFLICT_ERROR" if data[i]["Step"] == 3 else "INTERNAL_ERROR") for i in range(len(data))
-                        if data[i]["Step"] in (2, 3)))
+        return errors(
+            *(
+                (i, "CONFLICT_ERROR" if data[i]["Step"] == 3 else "INTERNAL_ERROR")
+                for i in range(len(data))
+                if data[i]["Step"] in (2, 3)
+            )
+        )
 
     client = FakeClient(handler)
     async with MetricsLogger("run-1", client=client, max_attempts=4, **FAST) as metrics:
@@ -127,7 +140,12 @@ async def test_delivery_timeout_ends_retries() -> None:
 
     client = FakeClient(handler)
     async with MetricsLogger(
-        "run-1", client=client, max_attempts=1000, delivery_timeout=0.3, backoff_initial=0.01, backoff_max=0.05
+        "run-1",
+        client=client,
+        max_attempts=1000,
+        delivery_timeout=0.3,
+        backoff_initial=0.01,
+        backoff_max=0.05,
     ) as metrics:
         await log_steps(metrics, 4)
     assert {f.code for f in metrics.failures} == {DELIVERY_TIMEOUT}
@@ -138,7 +156,9 @@ async def test_delivery_timeout_ends_retries() -> None:
 async def test_queued_points_past_delivery_timeout_fail_without_being_sent() -> None:
     client = FakeClient()
     client.gate = asyncio.Event()
-    async with MetricsLogger("run-1", client=client, max_in_flight=1, delivery_timeout=0.2, **FAST) as metrics:
+    async with MetricsLogger(
+        "run-1", client=client, max_in_flight=1, delivery_timeout=0.2, **FAST
+    ) as metrics:
         await log_steps(metrics, 10)  # one full batch, held at the gate
         await asyncio.sleep(0)
         await log_steps(metrics, 5, name="late")  # queued behind it
@@ -149,7 +169,9 @@ async def test_queued_points_past_delivery_timeout_fail_without_being_sent() -> 
     assert sum(len(r) for r in client.requests) == 10
 
 
-async def test_on_failure_gets_each_group_and_its_exceptions_are_contained(caplog: pytest.LogCaptureFixture) -> None:
+async def test_on_failure_gets_each_group_and_its_exceptions_are_contained(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     seen: list[list[FailedMetric]] = []
 
     def on_failure(group: list[FailedMetric]) -> None:
@@ -185,8 +207,14 @@ async def test_failure_logging_does_not_flood(caplog: pytest.LogCaptureFixture) 
 
 async def test_unknown_per_index_code_is_final_and_malformed_entries_ignored() -> None:
     def handler(number: int, data: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"Errors": [{"MetricIndex": 0, "Code": "BRAND_NEW_CODE"}, {"MetricIndex": 99, "Code": "INTERNAL_ERROR"},
-                           {"Code": "INTERNAL_ERROR"}, "junk"]}
+        return {
+            "Errors": [
+                {"MetricIndex": 0, "Code": "BRAND_NEW_CODE"},
+                {"MetricIndex": 99, "Code": "INTERNAL_ERROR"},
+                {"Code": "INTERNAL_ERROR"},
+                "junk",
+            ]
+        }
 
     client = FakeClient(handler)
     async with MetricsLogger("run-1", client=client, **FAST) as metrics:

@@ -74,8 +74,12 @@ BAD_CALLS: list[tuple[dict[str, Any], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("bad", "words"), BAD_CALLS, ids=[f"{k}-{i}" for i, (b, _) in enumerate(BAD_CALLS) for k in b])
-async def test_bad_point_raises_and_disturbs_nothing(client: FakeClient, bad: dict[str, Any], words: str) -> None:
+@pytest.mark.parametrize(
+    ("bad", "words"), BAD_CALLS, ids=[f"{k}-{i}" for i, (b, _) in enumerate(BAD_CALLS) for k in b]
+)
+async def test_bad_point_raises_and_disturbs_nothing(
+    client: FakeClient, bad: dict[str, Any], words: str
+) -> None:
     call = {"name": "loss", "value": 1.0, "step": 1, "timestamp": None, **bad}
     async with MetricsLogger("run-1", client=client) as metrics:
         await metrics.log("before", 1.0, step=0)
@@ -89,7 +93,9 @@ async def test_bad_point_raises_and_disturbs_nothing(client: FakeClient, bad: di
 
 
 @pytest.mark.parametrize(("bad", "words"), BAD_CALLS[:12], ids=[str(i) for i in range(12)])
-async def test_bad_point_in_log_nowait_and_log_many(client: FakeClient, bad: dict[str, Any], words: str) -> None:
+async def test_bad_point_in_log_nowait_and_log_many(
+    client: FakeClient, bad: dict[str, Any], words: str
+) -> None:
     call = {"name": "loss", "value": 1.0, "step": 1, **bad}
     async with MetricsLogger("run-1", client=client) as metrics:
         with pytest.raises(InvalidMetricError) as raised:

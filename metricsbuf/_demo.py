@@ -1,0 +1,149 @@
+"""``python -m metricsbuf demo``: a simulated async training loop shipping metrics through MetricsLogger.
+
+By default it starts moto's SageMaker server in-process on 127.0.0.1 (the ``demo`` extra
+installs it) and uses dummy credentials. ``--endpoint-url URL`` uses another endpoint that
+serves both SageMaker APIs; ``--aws --region R`` uses the standard AWS endpoints with real
+credentials. Either way the trial component is created if needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from ._logger import MetricsLogger
+
+METRIC_NAMES = ("train:loss", "train:accuracy", "learning_rate", "grad_norm")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    trial_component: str = "metricsbuf-demo"
+    steps: int = 1000
+    step_seconds: float = 0.001
+    endpoint_url: str | None = None
+    region: str | None = None
+    aws: bool = False
+
+
+@contextlib.contextmanager
+def _embedded_moto() -> Iterator[str]:
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise SystemExit(
+            "the embedded endpoint needs moto's server: pip install 'metricsbuf[demo]' "
+            "(or pass --endpoint-url/--region to run against AWS)"
+        ) from exc
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def _simulated_metrics(step: int, total: int, rng: random.Random) -> dict[str, float]:
+    progress = step / max(1, total - 1)
+    lr = 3e-4 * 0.5 * (1 + math.cos(math.pi * progress))
+    loss = 2.5 * math.exp(-3 * progress) + 0.05 + rng.gauss(0, 0.02)
+    return {
+        "train:loss": loss,
+        "train:accuracy": min(1.0, 1 - loss / 2.6 + rng.gauss(0, 0.01)),
+        "learning_rate": lr,
+        "grad_norm": abs(rng.gauss(1.0, 0.3)) * (1 - 0.5 * progress),
+    }
+
+
+def _progress_line(step: int, total: int, metrics: MetricsLogger, started: float) -> str:
+    width = 30
+    done = int(width * step / total)
+    stats = metrics.stats
+    return (
+        f"[{'#' * done}{'.' * (width - done)}] step {step}/{total}  logged {stats.logged}  "
+        f"delivered {stats.delivered}  pending {stats.pending}  requests {stats.requests}  "
+        f"{time.monotonic() - started:5.1f}s"
+    )
+
+
+async def _run(options: DemoOptions, endpoint_url: str | None, region: str, out: TextIO) -> int:
+    from aiobotocore.session import get_session
+
+    session = get_session()
+    async with session.create_client("sagemaker", region_name=region, endpoint_url=endpoint_url) as sagemaker:
+        with contextlib.suppress(sagemaker.exceptions.ResourceInUse):
+            await sagemaker.create_trial_component(TrialComponentName=options.trial_component)
+
+        rng = random.Random(42)
+        started = time.monotonic()
+        async with MetricsLogger(
+            options.trial_component, endpoint_url=endpoint_url, region_name=region, flush_interval=0.5
+        ) as metrics:
+            # On a terminal the progress line redraws in place; elsewhere it prints every tenth.
+            interactive = out.isatty()
+            every = 25 if interactive else max(1, options.steps // 10)
+            for step in range(options.steps):
+                await asyncio.sleep(options.step_seconds)  # the training step
+                await metrics.log_many(_simulated_metrics(step, options.steps, rng), step=step)
+                if (step + 1) % every == 0:
+                    line = _progress_line(step + 1, options.steps, metrics, started)
+                    out.write("\r" + line if interactive else line + "\n")
+                    out.flush()
+        out.write(
+            ("\r" if interactive else "") + _progress_line(options.steps, options.steps, metrics, started)
+        )
+        out.write("  (closed)\n\n")
+        stats = metrics.stats
+
+        described = await sagemaker.describe_trial_component(TrialComponentName=options.trial_component)
+    stored = {m["MetricName"]: m for m in described.get("Metrics", [])}
+    out.write(
+        f"What the service stored for trial component {options.trial_component!r} (DescribeTrialComponent):\n"
+    )
+    out.write(f"  {'metric':<16}{'count':>8}{'min':>12}{'max':>12}{'last':>12}\n")
+    for name in METRIC_NAMES:
+        summary: dict[str, Any] = stored.get(name, {})
+        out.write(
+            f"  {name:<16}{summary.get('Count', 0):>8}{summary.get('Min', math.nan):>12.5g}"
+            f"{summary.get('Max', math.nan):>12.5g}{summary.get('Last', math.nan):>12.5g}\n"
+        )
+    out.write("\nThe logger's own account:\n")
+    for field in ("logged", "delivered", "failed", "dropped", "rejected", "retried", "requests", "pending"):
+        out.write(f"  {field:<10}{getattr(stats, field):>8}\n")
+    if stats.requests:
+        out.write(f"  points per request: {stats.delivered / stats.requests:.2f}\n")
+    for failure in metrics.failures[:5]:
+        out.write(f"  failed: {failure}\n")
+    stored_total = sum(int(stored.get(name, {}).get("Count", 0)) for name in METRIC_NAMES)
+    consistent = stats.failed == 0 and stats.pending == 0 and stored_total == stats.delivered
+    out.write(
+        f"\n{'OK' if consistent else 'MISMATCH'}: {stored_total} points stored, {stats.delivered} delivered, "
+        f"{stats.failed} failed\n"
+    )
+    return 0 if consistent else 1
+
+
+def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
+    if options.aws or options.endpoint_url is not None:
+        region = options.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region is None:
+            raise SystemExit("pass --region (or set AWS_DEFAULT_REGION) with --aws or --endpoint-url")
+        out.write(f"Endpoint: {options.endpoint_url or 'AWS, region ' + region}\n")
+        return asyncio.run(_run(options, options.endpoint_url, region, out))
+    with _embedded_moto() as endpoint_url:
+        out.write(f"Embedded SageMaker endpoint (moto) at {endpoint_url}\n")
+        # Dummy credentials for the local endpoint only; a real run uses the standard chain.
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "demo")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
+        return asyncio.run(_run(options, endpoint_url, options.region or "us-east-1", out))
