@@ -78,12 +78,17 @@ class _Resend(Exception):
     """Raised inside a tenacity attempt: the group's remaining points must be sent again.
 
     ``codes`` gives each remaining point's error code, aligned with ``group.points``.
+    ``whole_request`` is True when the request as a whole failed (throttling, 5xx, connection):
+    the service is struggling, so the group keeps its in-flight slot while it backs off, and
+    the flusher starts no new batch in its place. After per-index errors the service is
+    healthy, so the slot goes to the next batch meanwhile.
     """
 
-    def __init__(self, codes: list[str], message: str) -> None:
+    def __init__(self, codes: list[str], message: str, *, whole_request: bool) -> None:
         super().__init__(message)
         self.codes = codes
         self.message = message
+        self.whole_request = whole_request
 
 
 class MetricsLogger:
@@ -612,8 +617,9 @@ class MetricsLogger:
     async def _deliver(self, group: _Group) -> None:
         """Sends one batch until every point is delivered or failed for good.
 
-        Called holding an in-flight slot; resends take a slot again and release it while
-        they back off. Never raises (except cancellation): a failure of any kind ends as
+        Called holding an in-flight slot. While it backs off after per-index errors it lets
+        the slot go (and takes one again to resend); after a whole-request failure it keeps
+        it, so a struggling service sees at most max_in_flight batches. Never raises (except cancellation): a failure of any kind ends as
         FailedMetric records, so the flusher survives.
         """
         assert self._slots is not None
@@ -633,9 +639,13 @@ class MetricsLogger:
                         holding_slot = True
                     try:
                         await self._send(group)
-                    finally:
-                        self._slots.release()
-                        holding_slot = False
+                    except _Resend as resend:
+                        if not resend.whole_request:
+                            self._slots.release()
+                            holding_slot = False
+                        raise
+                    self._slots.release()
+                    holding_slot = False
         except _Resend as exhausted:
             by_code: dict[str, list[Point]] = {}
             for point, code in zip(group.points, exhausted.codes, strict=True):
@@ -702,7 +712,7 @@ class MetricsLogger:
         except Exception as exc:
             failure = classify_exception(exc)
             if failure.retryable:
-                raise _Resend([failure.code] * len(points), failure.message) from exc
+                raise _Resend([failure.code] * len(points), failure.message, whole_request=True) from exc
             self._fail_points(points, failure.code, failure.message, group.attempts)
             group.points = []
             return
@@ -749,7 +759,8 @@ class MetricsLogger:
             )
         group.points = resend
         if resend:
-            raise _Resend(resend_codes, "the service answered " + "/".join(sorted(set(resend_codes))))
+            message = "the service answered " + "/".join(sorted(set(resend_codes)))
+            raise _Resend(resend_codes, message, whole_request=False)
 
     def _fail_points(self, points: list[Point], code: str, message: str, attempts: int) -> None:
         if points:

@@ -248,3 +248,22 @@ async def test_retry_waits_release_the_in_flight_slot() -> None:
         await asyncio.sleep(0.05)
         assert any(r[0]["MetricName"] == "free" for r in client.requests[-2:])
         await task
+
+
+async def test_whole_request_failures_keep_the_slot_while_backing_off() -> None:
+    # A throttled batch keeps its in-flight slot during backoff: a struggling service sees at
+    # most max_in_flight batches, and the next batch waits its turn.
+    def handler(number: int, data: list[dict[str, Any]]) -> None:
+        if number < 3:
+            raise client_error("ThrottlingException", 400)
+
+    client = FakeClient(handler)
+    async with MetricsLogger(
+        "run-1", client=client, max_in_flight=1, backoff_initial=0.02, backoff_max=0.02, flush_interval=0.001
+    ) as metrics:
+        await metrics.log("first", 1.0)
+        await asyncio.sleep(0.005)  # "first" is in flight and throttled
+        await metrics.log("second", 1.0)
+        await metrics.flush()
+    names = [r[0]["MetricName"] for r in client.requests]
+    assert names == ["first", "first", "first", "first", "second"]
