@@ -6,7 +6,9 @@ Everything in RESULTS.md is computed here from the runs of one benchmark command
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.metadata
+import importlib.util
 import math
 import os
 import platform
@@ -48,13 +50,35 @@ STALL_MAX = 0.005
 # --------------------------------------------------------------------------------------------- env
 
 
-def _git(*args: str) -> str:
+def _git(*args: str, cwd: Path) -> str:
     try:
         return subprocess.run(
-            ["git", *args], capture_output=True, text=True, timeout=10, cwd=Path(__file__).resolve().parent
+            ["git", *args], capture_output=True, text=True, timeout=10, cwd=cwd
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def library_fingerprint() -> dict[str, Any]:
+    """Which metricsbuf the workers import (same environment), its git commit and a content hash.
+
+    Taken at the start and at the end of a run: if the sources changed in between, the figures
+    may mix versions, and the report says so.
+    """
+    spec = importlib.util.find_spec("metricsbuf")
+    if spec is None or spec.origin is None:
+        return {"path": "not found", "sha256": "", "commit": "", "dirty": False}
+    pkg = Path(spec.origin).resolve().parent
+    digest = hashlib.sha256()
+    for f in sorted(pkg.glob("*.py")):
+        digest.update(f.name.encode())
+        digest.update(f.read_bytes())
+    return {
+        "path": str(pkg),
+        "sha256": digest.hexdigest()[:12],
+        "commit": _git("rev-parse", "--short", "HEAD", cwd=pkg),
+        "dirty": bool(_git("status", "--porcelain", "--", ".", cwd=pkg)),
+    }
 
 
 def environment() -> dict[str, Any]:
@@ -79,7 +103,6 @@ def environment() -> dict[str, Any]:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = "not installed"
-    dirty = _git("status", "--porcelain", "--", "metricsbuf")
     return {
         "platform": platform.platform(),
         "cpu": cpu,
@@ -89,8 +112,7 @@ def environment() -> dict[str, Any]:
         "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "versions": versions,
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "metricsbuf_dirty": bool(dirty),
+        "library": library_fingerprint(),
     }
 
 
@@ -101,6 +123,7 @@ def _derive(run: dict[str, Any]) -> dict[str, float]:
     n, srv = run["n"], run["server"]
     return {
         "producer_us": run["producer_time"] / n * 1e6,
+        "cpu_us": run.get("cpu", math.nan) / n * 1e6,
         "throughput": srv["stored"] / run["elapsed"] if run["elapsed"] > 0 else math.nan,
         "fill": srv["received"] / srv["requests"] if srv["requests"] else math.nan,
         "stall_max_ms": run["stall_max"] * 1e3,
@@ -121,7 +144,8 @@ def one_line(scenario: str, contender: str, rep: int, run: dict[str, Any]) -> st
     d = _derive(run)
     return (
         f"{scenario:>7} {SHORT[contender]:>13} r{rep}: producer {d['producer_us']:9.2f} us/pt  "
-        f"throughput {d['throughput']:8.0f} pt/s  fill {d['fill']:5.2f}  stored {d['stored_frac']:6.1%}  "
+        f"throughput {d['throughput']:8.0f} pt/s  cpu {d['cpu_us']:6.1f} us/pt  "
+        f"fill {d['fill']:5.2f}  stored {d['stored_frac']:6.1%}  "
         f"stall max {d['stall_max_ms']:6.2f} ms p99 {d['stall_p99_ms']:6.2f} ms "
         f"(no-GC max {d['stall_nogc_ms']:5.2f}, full GCs {d['gc_full']})  "
         f"backlog {d['backlog']}"
@@ -164,6 +188,7 @@ def summarize(results: Any) -> dict[str, Any]:
                 "producer_us": _median([d["producer_us"] for d in ds]),
                 "producer_us_range": (min(d["producer_us"] for d in ds), max(d["producer_us"] for d in ds)),
                 "throughput": _median([d["throughput"] for d in ds]),
+                "cpu_us": _median([d["cpu_us"] for d in ds]),
                 "throughput_range": (min(d["throughput"] for d in ds), max(d["throughput"] for d in ds)),
                 "fill": srv_received / srv_requests if srv_requests else math.nan,
                 "stall_max_ms": _median([d["stall_max_ms"] for d in ds]),
@@ -429,10 +454,18 @@ def markdown(summary: dict[str, Any], chart_name: str) -> str:
     )
     add(f"- Python: {env['python']}")
     add("- Packages: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
+    lib = env["library"]
     add(
-        f"- Repository commit: {env['commit'] or 'unknown'}"
-        + (" (metricsbuf/ had uncommitted changes)" if env["metricsbuf_dirty"] else "")
+        f"- metricsbuf: imported from `{lib['path']}`, commit {lib['commit'] or 'unknown'}"
+        + (" with uncommitted changes" if lib["dirty"] else "")
+        + f", sources sha256 {lib['sha256']}"
     )
+    end = cfg.get("library_at_end")
+    if end and end["sha256"] != lib["sha256"]:
+        add(
+            f"- **metricsbuf's sources changed during this run** (sha256 {end['sha256']} at the end, "
+            f"commit {end['commit']}): the figures may mix versions."
+        )
     add("")
     add("## Workload")
     add("")
@@ -482,6 +515,7 @@ def markdown(summary: dict[str, Any], chart_name: str) -> str:
         rows = (
             ("producer cost, us per point (median)", "producer_us", ".3g"),
             ("throughput, points stored per second (median)", "throughput", ",.0f"),
+            ("process CPU, us per point, logging to last ack (median)", "cpu_us", ".3g"),
             ("batch fill, points per request", "fill", ".2f"),
             ("event-loop stall, longest, ms (median of runs)", "stall_max_ms", ".2f"),
             ("event-loop stall, 99th percentile, ms (median)", "stall_p99_ms", ".2f"),
@@ -624,6 +658,7 @@ def markdown(summary: dict[str, Any], chart_name: str) -> str:
                 "run",
                 "producer us/pt",
                 "points/s",
+                "CPU us/pt",
                 "fill",
                 "stall max ms",
                 "stall p99 ms",
@@ -634,7 +669,7 @@ def markdown(summary: dict[str, Any], chart_name: str) -> str:
             ]
         )
     )
-    add(_row(["---", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:"]))
+    add(_row(["---", "---", *["---:"] * 11]))
     for sc in SCENARIOS:
         for c in (C1, C2, C3):
             f = summary["figures"].get(sc, {}).get(c)
@@ -649,6 +684,7 @@ def markdown(summary: dict[str, Any], chart_name: str) -> str:
                             str(i),
                             f"{d['producer_us']:.3g}",
                             f"{d['throughput']:,.0f}",
+                            f"{d['cpu_us']:.3g}",
                             f"{d['fill']:.2f}",
                             f"{d['stall_max_ms']:.2f}",
                             f"{d['stall_p99_ms']:.2f}",
@@ -661,7 +697,7 @@ def markdown(summary: dict[str, Any], chart_name: str) -> str:
                 )
     add("")
     if summary["errors"]:
-        add("## Failed runs")
+        add("## Failed runs and warnings")
         add("")
         for e in summary["errors"]:
             add(f"- {e}")

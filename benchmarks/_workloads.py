@@ -157,6 +157,7 @@ async def run_metricsbuf(endpoint: str, tc: str, n: int) -> dict[str, Any]:
         sleep = asyncio.sleep
         names = NAMES
         producer = 0.0
+        cpu0 = time.process_time()
         t_start = pc()
         for step in range(steps):
             value = _value(step)
@@ -169,11 +170,13 @@ async def run_metricsbuf(endpoint: str, tc: str, n: int) -> dict[str, Any]:
         backlog = metrics.stats.pending
         await metrics.flush()
         t_end = pc()
+        cpu = time.process_time() - cpu0
         await ticker.stop()
         stats = metrics.stats
     return {
         "producer_time": producer,
         "elapsed": t_end - t_start,
+        "cpu": cpu,
         "produce_elapsed": t_produced - t_start,
         "backlog_at_end_of_loop": backlog,
         "client_stats": {
@@ -239,6 +242,7 @@ async def run_hand_batched(endpoint: str, tc: str, n: int) -> dict[str, Any]:
         hand = HandBatched(client, tc)
         ticker.start()
         pc = time.perf_counter
+        cpu0 = time.process_time()
         t_start = pc()
         producer = await _training_loop(steps, hand.log_point, is_async=False)
         # The last partial batch is sent when the loop ends; counted as producer time too.
@@ -249,11 +253,13 @@ async def run_hand_batched(endpoint: str, tc: str, n: int) -> dict[str, Any]:
         backlog = sum(1 for t in hand.tasks if not t.done()) * BATCH
         results = await asyncio.gather(*hand.tasks, return_exceptions=True)
         t_end = pc()
+        cpu = time.process_time() - cpu0
         await ticker.stop()
     exceptions = [r for r in results if isinstance(r, BaseException)]
     return {
         "producer_time": producer,
         "elapsed": t_end - t_start,
+        "cpu": cpu,
         "produce_elapsed": t_produced - t_start,
         "backlog_at_end_of_loop": backlog,
         "client_stats": {"requests": len(hand.tasks), "request_exceptions": len(exceptions)},
@@ -302,6 +308,7 @@ async def run_sagemaker_sdk(endpoint: str, tc: str, n: int) -> dict[str, Any]:
     ticker = Ticker()
     ticker.start()
     pc = time.perf_counter
+    cpu0 = time.process_time()
     t_start = pc()
     producer = await _training_loop(steps, log_point, is_async=False)
     t_produced = pc()
@@ -312,11 +319,13 @@ async def run_sagemaker_sdk(endpoint: str, tc: str, n: int) -> dict[str, Any]:
     except Exception:
         errors += 1
     t_end = pc()
+    cpu = time.process_time() - cpu0
     producer += t_end - t0
     await ticker.stop()
     return {
         "producer_time": producer,
         "elapsed": t_end - t_start,
+        "cpu": cpu,
         "produce_elapsed": t_produced - t_start,
         "backlog_at_end_of_loop": backlog,
         "client_stats": {"raised": errors},

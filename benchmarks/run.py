@@ -361,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers:
             server.stop()
     results.finished = time.time()
+    results.config["library_at_end"] = _report.library_fingerprint()
+    if results.config["library_at_end"]["sha256"] != results.config["environment"]["library"]["sha256"]:
+        results.errors.append("metricsbuf's sources changed during the run: the figures may mix versions")
 
     summary = _report.summarize(results)
     _say("")
