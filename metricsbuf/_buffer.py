@@ -11,10 +11,12 @@ before this call" without tagging each point.
 from __future__ import annotations
 
 from collections import deque
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
-# (name, value, step, timestamp as epoch seconds, logged_at on the monotonic clock)
-Point: TypeAlias = "tuple[str, float, int | None, float, float]"
+# (name: str, value: float, step: int | None, timestamp: epoch seconds, logged_at: monotonic seconds),
+# followed, for a point read from or written to a spool, by (row id: int, trial component: str).
+# Typed loosely because of that optional tail; the index constants below name the fields.
+Point: TypeAlias = "tuple[Any, ...]"
 NAME: Final = 0
 VALUE: Final = 1
 STEP: Final = 2
@@ -47,6 +49,9 @@ class PointQueue:
         """Sequence number of the oldest queued point (== appended when empty)."""
         return self.appended - len(self._points)
 
+    def peek(self) -> Point | None:
+        return self._points[0] if self._points else None
+
     def pop_oldest(self) -> Point | None:
         return self._points.popleft() if self._points else None
 
@@ -56,7 +61,8 @@ class PointQueue:
             return None
         if len(self._points) >= self.max_batch_size:
             return 0.0
-        return max(0.0, self._points[0][LOGGED_AT] + self.flush_interval - now)
+        oldest: float = self._points[0][LOGGED_AT]
+        return max(0.0, oldest + self.flush_interval - now)
 
     def pop_expired(self, deadline_logged_at: float) -> list[Point]:
         """Removes the head points logged before ``deadline_logged_at`` (they waited too long)."""
@@ -66,12 +72,22 @@ class PointQueue:
             expired.append(points.popleft())
         return expired
 
-    def take_batch(self) -> tuple[int, list[Point]]:
-        """Removes up to ``max_batch_size`` points from the head; returns (first sequence number, points)."""
+    def take_batch(self, same_key: int | None = None) -> tuple[int, list[Point]]:
+        """Removes up to ``max_batch_size`` points from the head; returns (first sequence number, points).
+
+        With ``same_key``, the batch stops before the first point whose tuple field at that
+        index differs from the head's (a request carries one trial component).
+        """
         first_seq = self.head_seq
         points = self._points
         count = min(self.max_batch_size, len(points))
-        return first_seq, [points.popleft() for _ in range(count)]
+        if same_key is None:
+            return first_seq, [points.popleft() for _ in range(count)]
+        key = points[0][same_key]
+        batch: list[Point] = []
+        while points and len(batch) < count and points[0][same_key] == key:
+            batch.append(points.popleft())
+        return first_seq, batch
 
     def take_all(self) -> list[Point]:
         taken = list(self._points)

@@ -29,6 +29,7 @@ import contextlib
 import enum
 import inspect
 import math
+import os
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -43,15 +44,19 @@ from . import _validation as v
 from ._buffer import LOGGED_AT, NAME, STEP, TIMESTAMP, VALUE, Point, PointQueue
 from ._client import MetricsClient, open_own_client, warn_if_client_retries
 from ._exceptions import BufferFullError, InvalidMetricError, LoggerClosedError, MetricsBufError
-from ._models import CLOSE_TIMEOUT, DELIVERY_TIMEOUT, FLUSHER_CRASHED, FailedMetric, MetricsStats
+from ._models import CLOSE_TIMEOUT, DELIVERY_TIMEOUT, FLUSHER_CRASHED, SPOOL_ERROR, FailedMetric, MetricsStats
 from ._reporting import FailureCallback, FailureReporter, log
 from ._retry_policy import FINAL_INDEX_CODES, RETRYABLE_INDEX_CODES, classify_exception
+from ._spool import SpoolError
+from ._spooling import ROW_ID, TRIAL_COMPONENT, SpoolCoordinator
 
 ON_FULL_POLICIES = ("block", "drop_newest", "drop_oldest", "raise")
 NON_FINITE_POLICIES = ("drop", "raise")
 # How long aclose() waits for cancelled sends to unwind after close_timeout, before it
 # accounts for them anyway; exit stays within close_timeout plus about this much.
 _CANCEL_GRACE = 2.0
+# A position above every point's: flush everything.
+_EVERYTHING = 1 << 62
 # Beyond this many distinct names, new names are validated at every call instead of cached.
 _NAME_CACHE_LIMIT = 10_000
 
@@ -66,11 +71,12 @@ class _State(enum.Enum):
 class _Group:
     """One batch in flight or waiting for a retry; ``points`` shrinks to what still needs sending."""
 
-    __slots__ = ("points", "first_seq", "attempts")
+    __slots__ = ("points", "first_seq", "trial_component", "attempts")
 
-    def __init__(self, points: list[Point], first_seq: int) -> None:
+    def __init__(self, points: list[Point], first_seq: int, trial_component: str) -> None:
         self.points = points
-        self.first_seq = first_seq
+        self.first_seq = first_seq  # the position (queue sequence number or row id) of its first point
+        self.trial_component = trial_component
         self.attempts = 0
 
 
@@ -158,8 +164,20 @@ class MetricsLogger:
         on_failure: FailureCallback | None = None,
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_interval: float = 0.2,
+        max_spool_bytes: int = 1 << 30,
+        offline: bool = False,
     ) -> None:
         self._trial_component = v.check_trial_component_name(trial_component_name)
+        if offline and spool_dir is None:
+            raise InvalidMetricError(
+                "offline=True needs spool_dir: offline points are only written to the spool"
+            )
+        if offline and (client is not None or region_name is not None or endpoint_url is not None):
+            raise InvalidMetricError(
+                "offline=True never touches the network: do not pass client, region_name or endpoint_url"
+            )
         if client is not None and not callable(getattr(client, "batch_put_metrics", None)):
             raise InvalidMetricError(
                 f"client must have an async batch_put_metrics(**kwargs) method, got {type(client).__name__}"
@@ -190,6 +208,21 @@ class MetricsLogger:
                 f"backoff_max ({backoff_max}) must not be below backoff_initial ({backoff_initial})"
             )
 
+        self._spool: SpoolCoordinator | None = None
+        if spool_dir is not None:
+            if not isinstance(spool_dir, (str, os.PathLike)):
+                raise InvalidMetricError(f"spool_dir must be a path, got {type(spool_dir).__name__}")
+            self._spool = SpoolCoordinator(
+                spool_dir,
+                trial_component=self._trial_component,
+                spool_interval=v.check_seconds_option("spool_interval", spool_interval),
+                max_spool_bytes=v.check_int_option("max_spool_bytes", max_spool_bytes, 1 << 16),
+                memory_capacity=self._max_buffered,
+                offline=bool(offline),
+            )
+            self._enqueue = self._stage  # type: ignore[method-assign]
+        self._offline = bool(offline)
+
         self._state = _State.NEW
         self._queue = PointQueue(self._max_batch_size, self._flush_interval)
         self._groups: set[_Group] = set()
@@ -213,6 +246,7 @@ class MetricsLogger:
         self._flusher_done: anyio.Event | None = None
         self._fatal: BaseException | None = None
         self._closed_event: anyio.Event | None = None
+        self._spool_error: SpoolError | None = None
 
     # ------------------------------------------------------------------------------------------
     # Lifecycle
@@ -242,7 +276,20 @@ class MetricsLogger:
         self._state = _State.RUNNING  # claimed at once, so a concurrent second start() fails
         self._stack = contextlib.AsyncExitStack()
         try:
-            if self._client is None:
+            if self._spool is not None:
+                await self._spool.open()
+                self._stack.push_async_callback(self._spool.close)
+                self._logged += self._spool.recovered  # a previous run's leftovers go first
+                if self._spool.recovered:
+                    log.info(
+                        "metricsbuf: %d undelivered points from a previous run found in the spool %s; "
+                        "sending them first",
+                        self._spool.recovered,
+                        self._spool.directory,
+                    )
+            if self._offline:
+                pass
+            elif self._client is None:
                 self._client = await open_own_client(
                     self._stack,
                     region_name=self._region_name,
@@ -287,7 +334,7 @@ class MetricsLogger:
             self._raise_if_fatal()
             return
         self._state = _State.CLOSING
-        self._urgent_seq = self._queue.appended
+        self._urgent_seq = _EVERYTHING
         self._wake_all()
         with anyio.CancelScope(shield=True):
             try:
@@ -306,6 +353,8 @@ class MetricsLogger:
             self._flusher.cancel()
             with anyio.move_on_after(_CANCEL_GRACE):
                 await self._flusher_done.wait()
+        if self._spool is not None:
+            await self._drain_to_spool()
         # Whatever is still held now was not delivered in time (or the flusher died).
         code, message = (
             (FLUSHER_CRASHED, f"the background flusher died: {self._fatal!r}")
@@ -318,7 +367,30 @@ class MetricsLogger:
             ambiguous = " (it was in flight, so the service may have stored it)" if group.attempts else ""
             self._fail_points(group.points, code, message + ambiguous, group.attempts)
         with anyio.move_on_after(_CANCEL_GRACE):
-            await self._stack.aclose()  # closes the logger's own client, if any
+            await self._stack.aclose()  # closes the logger's own client and the spool, if any
+        if self._spool_error is not None:
+            raise self._spool_error
+
+    async def _drain_to_spool(self) -> None:
+        """At close, with a spool: what was not delivered stays on disk; nothing is failed for time."""
+        spool = self._spool
+        assert spool is not None
+        left = self._queue.take_all()
+        for group in list(self._groups):
+            self._groups.discard(group)
+            left.extend(group.points)
+        if left:
+            self._leave_on_disk(left)
+        staged = len(spool.staged)
+        try:
+            await spool.final_commit()
+        except SpoolError as exc:
+            self._spool_error = exc
+            lost = spool.staged
+            spool.staged = []
+            self._fail_points(lost, SPOOL_ERROR, f"could not be written to the spool: {exc}", attempts=0)
+            return
+        self._held -= staged
 
     def _on_flusher_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -369,7 +441,7 @@ class MetricsLogger:
             self._raise_not_running()
         point = self._make_point(name, value, step, timestamp, time.time())
         if point is not None:
-            if self._held >= self._max_buffered:
+            if self._held >= self._max_buffered and not self._spill_to_disk():
                 if self._on_full == "block":
                     await self._wait_for_room()
                 elif not self._make_room(point):
@@ -399,7 +471,7 @@ class MetricsLogger:
         for point in points:
             if point is None:
                 continue
-            if self._held >= self._max_buffered:
+            if self._held >= self._max_buffered and not self._spill_to_disk():
                 if self._on_full == "block":
                     await self._wait_for_room()
                 elif not self._make_room(point):
@@ -417,7 +489,7 @@ class MetricsLogger:
             self._raise_not_running()
         point = self._make_point(name, value, step, timestamp, time.time())
         if point is not None:
-            if self._held >= self._max_buffered and not self._make_room(point):
+            if self._held >= self._max_buffered and not self._spill_to_disk() and not self._make_room(point):
                 return
             self._enqueue(point)
 
@@ -460,6 +532,33 @@ class MetricsLogger:
             if wakeup is not None:
                 wakeup.set()
 
+    def _stage(self, point: Point) -> None:
+        """_enqueue with a spool: the point waits in memory until the next commit writes it."""
+        spool = self._spool
+        assert spool is not None
+        self._logged += 1
+        self._held += 1
+        spool.stage(point)
+        staged = len(spool.staged)
+        if staged == 1 or staged % self._max_batch_size == 0:
+            wakeup = self._wakeup
+            if wakeup is not None:
+                wakeup.set()
+
+    def _spill_to_disk(self) -> bool:
+        """With a spool, a point past max_buffered is still taken: it will wait on disk.
+
+        True when the spool has room (below max_spool_bytes) and the points staged since the
+        last commit are fewer than max_buffered; the flusher is woken to commit now. Otherwise
+        on_full applies.
+        """
+        spool = self._spool
+        if spool is None or spool.full or len(spool.staged) >= self._max_buffered:
+            return False
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return True
+
     def _make_room(self, point: Point) -> bool:
         """Applies a non-blocking on_full policy when max_buffered points are held.
 
@@ -473,9 +572,13 @@ class MetricsLogger:
             )
         self._dropped += 1
         self._warn_dropped(policy)
-        if policy == "drop_oldest" and self._queue.pop_oldest() is not None:
-            self._settle(1)
-            return True
+        if policy == "drop_oldest":
+            oldest = self._queue.pop_oldest()
+            if oldest is not None:
+                if self._spool is not None:
+                    self._spool.dropped(oldest)  # its row goes too
+                self._settle(1)
+                return True
         # drop_newest, or drop_oldest with every held point already in flight: the new point
         # is accepted and dropped at once, so it still counts as logged.
         self._logged += 1
@@ -491,7 +594,7 @@ class MetricsLogger:
         )
 
     async def _wait_for_room(self) -> None:
-        while self._held >= self._max_buffered:
+        while self._held >= self._max_buffered and not self._spill_to_disk():
             if self._room is None:
                 self._room = anyio.Event()
             await self._room.wait()
@@ -504,7 +607,9 @@ class MetricsLogger:
     async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (the contract's API)
         """Returns once every point logged before this call is delivered or has failed for good.
 
-        Partial batches are sent at once rather than after ``flush_interval``.
+        Partial batches are sent at once rather than after ``flush_interval``. With a spool,
+        "settled" also covers points kept on disk after a failed delivery cycle (see README),
+        and offline it means written to the spool.
 
         Raises:
             TimeoutError: ``timeout`` seconds passed first (the points stay queued).
@@ -513,7 +618,7 @@ class MetricsLogger:
         self._check_running()
         if timeout is not None:
             timeout = v.check_seconds_option("timeout", timeout)
-        target = self._queue.appended
+        target = self._spool.next_id if self._spool is not None else self._queue.appended
         self._urgent_seq = max(self._urgent_seq, target)
         assert self._wakeup is not None
         self._wakeup.set()
@@ -524,8 +629,23 @@ class MetricsLogger:
                 await self._progress.wait()
                 self._raise_if_fatal()
 
-    def _settled_before(self, seq: int) -> bool:
-        return self._queue.head_seq >= seq and all(group.first_seq >= seq for group in self._groups)
+    def _settled_before(self, position: int) -> bool:
+        """Whether every point logged before ``position`` is settled.
+
+        Positions are sequence numbers of the queue, or with a spool, row ids.
+        """
+        return self._first_unsettled() >= position
+
+    def _first_unsettled(self) -> int:
+        if self._spool is not None:
+            return self._spool.first_unsettled_id(self._queue, [g.first_seq for g in self._groups])
+        return min([self._queue.head_seq, *(g.first_seq for g in self._groups)])
+
+    def _queue_head_position(self) -> float:
+        head = self._queue.peek()
+        if head is None:
+            return math.inf
+        return float(head[ROW_ID]) if self._spool is not None else self._queue.head_seq
 
     @property
     def stats(self) -> MetricsStats:
@@ -538,7 +658,8 @@ class MetricsLogger:
             rejected=self._rejected,
             retried=self._retried,
             requests=self._requests,
-            pending=self._held,
+            pending=self._held + (self._spool.pending_on_disk_only if self._spool is not None else 0),
+            recovered=self._spool.recovered if self._spool is not None else 0,
         )
 
     @property
@@ -574,37 +695,84 @@ class MetricsLogger:
 
     async def _run_flusher(self) -> None:
         assert self._slots is not None
+        spool = self._spool
         async with anyio.create_task_group() as task_group:
             while True:
-                await self._wait_until_batch_due()
+                if await self._wait_for_work():
+                    await self._commit_spool()
                 if not self._queue:
-                    if self._state is not _State.RUNNING:
-                        break  # closing and nothing queued: the task group waits for what is in flight
+                    if self._state is not _State.RUNNING and self._nothing_left_to_send():
+                        break  # closing and nothing to send: the task group waits for what is in flight
                     continue
                 # Take the slot first, then the batch: while every slot is busy the batch keeps filling.
                 await self._slots.acquire()
-                self._expire_queued()
+                if spool is None:
+                    self._expire_queued()
                 if not self._queue:
                     self._slots.release()
                     continue
-                first_seq, points = self._queue.take_batch()
-                group = _Group(points, first_seq)
+                if spool is None:
+                    first_seq, points = self._queue.take_batch()
+                    group = _Group(points, first_seq, self._trial_component)
+                else:  # spooled points: one trial component per request; positions are row ids
+                    _, points = self._queue.take_batch(same_key=TRIAL_COMPONENT)
+                    group = _Group(points, points[0][ROW_ID], points[0][TRIAL_COMPONENT])
                 self._groups.add(group)
                 task_group.start_soon(self._deliver, group)
 
-    async def _wait_until_batch_due(self) -> None:
+    def _nothing_left_to_send(self) -> bool:
+        spool = self._spool
+        return spool is None or (not spool.staged and (spool.offline or spool.backlog == 0))
+
+    async def _wait_for_work(self) -> bool:
+        """Waits until a batch is due (returns False) or a spool commit is due (returns True)."""
         queue = self._queue
+        spool = self._spool
         while True:
-            if queue and queue.head_seq < self._urgent_seq:
-                return  # flush() or close: partial batches go now
-            if not queue and self._state is not _State.RUNNING:
-                return
-            delay = queue.seconds_until_due(time.monotonic())
+            if queue and self._queue_head_position() < self._urgent_seq:
+                return False  # flush() or close: partial batches go now
+            now = time.monotonic()
+            commit_in = None
+            if spool is not None:
+                urgent = bool(spool.staged) and self._urgent_seq > spool.next_id - len(spool.staged)
+                in_memory = self._held - len(spool.staged)
+                commit_in = spool.seconds_until_commit(now, urgent, queue, in_memory, self._max_batch_size)
+                if commit_in == 0.0:
+                    return True
+            if not queue and self._state is not _State.RUNNING and self._nothing_left_to_send():
+                return False
+            delay = queue.seconds_until_due(now)
             if delay == 0.0:
-                return
+                return False
+            if commit_in is not None:
+                delay = commit_in if delay is None else min(delay, commit_in)
             self._wakeup = wakeup = anyio.Event()
             with anyio.move_on_after(math.inf if delay is None else delay):
                 await wakeup.wait()
+
+    async def _commit_spool(self) -> None:
+        """Writes staged points, deletions and dead letters; staged points then leave memory or queue up."""
+        spool = self._spool
+        assert spool is not None
+        in_flight = self._held - len(spool.staged) - len(self._queue)
+        committed, moved = await spool.commit(self._queue, in_flight)
+        # Accounted before the next await, so a cancellation there cannot skew the counts.
+        self._held += moved - committed
+        if committed > moved and self._room is not None:
+            self._room.set()
+            self._room = None
+        self._notify_progress()  # offline, a commit settles points
+        self._held += await spool.load_backlog(self._queue, in_flight, self._max_batch_size)
+        if spool.full:
+            self._reporter.warnings.warn(
+                "spool-full",
+                "metricsbuf: the spool %s holds %d bytes (max_spool_bytes=%d); "
+                "on_full=%r applies to new points",
+                spool.directory,
+                spool.used_bytes,
+                spool.max_spool_bytes,
+                self._on_full,
+            )
 
     def _expire_queued(self) -> None:
         expired = self._queue.pop_expired(time.monotonic() - self._delivery_timeout)
@@ -619,7 +787,8 @@ class MetricsLogger:
 
         Called holding an in-flight slot. While it backs off after per-index errors it lets
         the slot go (and takes one again to resend); after a whole-request failure it keeps
-        it, so a struggling service sees at most max_in_flight batches. Never raises (except cancellation): a failure of any kind ends as
+        it, so a struggling service sees at most max_in_flight batches. Never raises (except
+        cancellation): a failure of any kind ends as
         FailedMetric records, so the flusher survives.
         """
         assert self._slots is not None
@@ -651,7 +820,7 @@ class MetricsLogger:
             for point, code in zip(group.points, exhausted.codes, strict=True):
                 by_code.setdefault(code, []).append(point)
             for code, points in by_code.items():
-                self._fail_points(
+                self._give_up(
                     points,
                     code,
                     f"gave up after {group.attempts} attempts: {exhausted.message}",
@@ -689,7 +858,7 @@ class MetricsLogger:
         if any(p[LOGGED_AT] < deadline for p in group.points):
             expired = [p for p in group.points if p[LOGGED_AT] < deadline]
             group.points = [p for p in group.points if p[LOGGED_AT] >= deadline]
-            self._fail_points(expired, DELIVERY_TIMEOUT, self._timeout_message(), group.attempts)
+            self._give_up(expired, DELIVERY_TIMEOUT, self._timeout_message(), group.attempts)
         points = group.points
         if not points:
             return
@@ -705,7 +874,7 @@ class MetricsLogger:
         ]
         try:
             response = await self._client.batch_put_metrics(  # type: ignore[union-attr]
-                TrialComponentName=self._trial_component, MetricData=metric_data
+                TrialComponentName=group.trial_component, MetricData=metric_data
             )
         except anyio.get_cancelled_exc_class():
             raise
@@ -734,6 +903,8 @@ class MetricsLogger:
                 )
         if not codes:
             self._delivered += len(points)
+            if self._spool is not None:
+                self._spool.delivered(points)
             self._settle(len(points))
             group.points = []
             return
@@ -751,6 +922,8 @@ class MetricsLogger:
                 final.setdefault(code, []).append(point)
         delivered = len(points) - len(resend) - sum(len(p) for p in final.values())
         self._delivered += delivered
+        if self._spool is not None:
+            self._spool.delivered([p for i, p in enumerate(points) if i not in codes])
         self._settle(delivered)
         for code, failed in final.items():
             known = "" if code in FINAL_INDEX_CODES else " (unknown code: not retried)"
@@ -765,7 +938,35 @@ class MetricsLogger:
     def _fail_points(self, points: list[Point], code: str, message: str, attempts: int) -> None:
         if points:
             self._failed += self._reporter.report(points, code, message, attempts)
+            if self._spool is not None and len(points[0]) > ROW_ID:
+                self._spool.failed(points, code, message, attempts)  # kept as dead letters
             self._settle(len(points))
+
+    def _give_up(self, points: list[Point], code: str, message: str, attempts: int) -> None:
+        """A transient failure outlasted the retry budget.
+
+        Without a spool the points fail for good. With one they stay pending on disk, for the
+        next logger on the spool or ``metricsbuf sync``: an outage costs time, not points.
+        """
+        if self._spool is None:
+            self._fail_points(points, code, message, attempts)
+        elif points:
+            self._leave_on_disk(points)
+            self._reporter.warnings.warn(
+                "deferred:" + code,
+                "metricsbuf: %d point(s) not delivered after %d attempt(s) (%s: %s); kept in the spool %s "
+                "for the next logger on it or `metricsbuf sync`",
+                len(points),
+                attempts,
+                code,
+                message,
+                self._spool.directory,
+            )
+
+    def _leave_on_disk(self, points: list[Point]) -> None:
+        assert self._spool is not None
+        self._spool.leave_on_disk(len(points))
+        self._settle(len(points))
 
     def _log_summary(self) -> None:
         stats = self.stats

@@ -10,6 +10,7 @@ from datetime import datetime
 DELIVERY_TIMEOUT = "DELIVERY_TIMEOUT"
 CLOSE_TIMEOUT = "CLOSE_TIMEOUT"
 FLUSHER_CRASHED = "FLUSHER_CRASHED"
+SPOOL_ERROR = "SPOOL_ERROR"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +27,9 @@ class MetricsStats:
         rejected: non-finite values skipped under ``non_finite="drop"`` (not counted in ``logged``).
         retried: point sends beyond each point's first (a point resent twice counts 2).
         requests: BatchPutMetrics calls made.
-        pending: points held right now: queued, in flight, or waiting for a retry.
+        pending: points held right now: queued, in flight, or waiting for a retry; with a
+            spool, also those waiting on disk.
+        recovered: of ``logged``, the points a previous run left in the spool, found at start.
     """
 
     logged: int
@@ -37,6 +40,7 @@ class MetricsStats:
     retried: int
     requests: int
     pending: int
+    recovered: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +55,8 @@ class FailedMetric:
             error code (``ThrottlingException``, ``ResourceNotFound``, ``AccessDeniedException``,
             a connection error's class name, ...), or one of metricsbuf's own:
             ``DELIVERY_TIMEOUT`` (waited ``delivery_timeout``), ``CLOSE_TIMEOUT`` (still held
-            when ``close_timeout`` ran out) or ``FLUSHER_CRASHED``.
+            when ``close_timeout`` ran out), ``FLUSHER_CRASHED``, or ``SPOOL_ERROR`` (logged with a
+            spool, but the final write to it failed at close).
         message: a human-readable explanation.
         attempts: how many times the point was sent (0 if it never left the buffer).
     """

@@ -183,10 +183,10 @@ async def test_dead_flusher_makes_calls_raise_instead_of_hanging(
 ) -> None:
     metrics = MetricsLogger("run-1", client=client, max_buffered=5)
 
-    async def broken(self: MetricsLogger) -> None:
+    async def broken(self: MetricsLogger) -> bool:
         raise RuntimeError("flusher bug")
 
-    monkeypatch.setattr(MetricsLogger, "_wait_until_batch_due", broken)
+    monkeypatch.setattr(MetricsLogger, "_wait_for_work", broken)
     await metrics.start()
     metrics.log_nowait("loss", 1.0)
     await asyncio.sleep(0.01)
@@ -205,11 +205,11 @@ async def test_blocked_producer_is_released_when_the_flusher_dies(
 ) -> None:
     gate = asyncio.Event()
 
-    async def broken(self: MetricsLogger) -> None:
+    async def broken(self: MetricsLogger) -> bool:
         await gate.wait()
         raise RuntimeError("flusher bug")
 
-    monkeypatch.setattr(MetricsLogger, "_wait_until_batch_due", broken)
+    monkeypatch.setattr(MetricsLogger, "_wait_for_work", broken)
     metrics = MetricsLogger("run-1", client=client, max_buffered=1, on_full="block")
     await metrics.start()
     await metrics.log("a", 1.0)

@@ -1,0 +1,374 @@
+"""The on-disk spool: a write-ahead store of points, so that a crash or an outage loses nothing.
+
+The store is SQLite (from the standard library) in WAL mode: a transaction that has
+committed survives the process being killed (SIGKILL, OOM) at any instant, readers never
+block the writer, and it needs no server. ``synchronous=NORMAL`` skips the fsync at each
+commit, so a power loss (not a process crash) may lose the last transactions; that is the
+usual trade-off for a WAL journal, and what the README promises.
+
+One table holds every point that is not yet delivered: ``state`` 0 is pending, 1 is a dead
+letter (failed for good, kept with its code and message). A delivered point's row is
+deleted. Row ids grow monotonically (AUTOINCREMENT), so "id order" is "logged order", and
+the logger reads its backlog with a cursor on the id.
+
+Every method here blocks; the logger calls them in a worker thread, one at a time. An
+exclusive lock file keeps a second process (or logger) from opening the same spool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._exceptions import MetricsBufError
+
+DB_FILENAME = "spool.sqlite3"
+LOCK_FILENAME = "spool.lock"
+APPLICATION_ID = 0x4D425546  # "MBUF": marks a SQLite file as a metricsbuf spool
+SCHEMA_VERSION = 1
+
+PENDING = 0
+DEAD = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    id INTEGER PRIMARY KEY,
+    trial_component TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS points (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream INTEGER NOT NULL REFERENCES streams(id),
+    name TEXT NOT NULL,
+    value REAL NOT NULL,
+    step INTEGER,
+    ts REAL NOT NULL,            -- the point's timestamp, epoch seconds
+    logged_at REAL NOT NULL,     -- when it was logged, epoch seconds
+    state INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    code TEXT,
+    message TEXT
+);
+CREATE INDEX IF NOT EXISTS points_dead ON points(state) WHERE state != 0;
+"""
+
+
+class SpoolError(MetricsBufError):
+    """The spool could not be opened, read or written; the message names the path."""
+
+
+class SpoolLockedError(SpoolError):
+    """Another process (or logger) has this spool open."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolRow:
+    """A pending point read back from the spool."""
+
+    id: int
+    trial_component: str
+    name: str
+    value: float
+    step: int | None
+    timestamp: float
+    logged_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolSummaryRow:
+    trial_component: str
+    name: str
+    pending: int
+    dead: int
+    dead_codes: dict[str, int]
+
+
+class Spool:
+    """An open, locked spool. Not thread-safe: use it from one thread at a time."""
+
+    def __init__(self, directory: Path, connection: sqlite3.Connection, lock_fd: int | None) -> None:
+        self.directory = directory
+        self.path = directory / DB_FILENAME
+        self._db = connection
+        self._lock_fd = lock_fd
+        self._streams: dict[str, int] = {}
+        self._stream_names: dict[int, str] = {}
+        for stream_id, trial_component in self._db.execute("SELECT id, trial_component FROM streams"):
+            self._streams[trial_component] = stream_id
+            self._stream_names[stream_id] = trial_component
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, directory: str | os.PathLike[str], *, create: bool = True, read_only: bool = False
+    ) -> Spool:
+        """Opens (and with ``create``, makes) the spool in ``directory``.
+
+        Raises:
+            SpoolLockedError: another process holds the spool.
+            SpoolError: the folder or file is not a usable spool (corrupted, truncated, not a
+                spool, unwritable); nothing is deleted.
+        """
+        folder = Path(directory)
+        db_path = folder / DB_FILENAME
+        if read_only or not create:
+            if not db_path.exists():
+                raise SpoolError(f"no metricsbuf spool at {folder} (expected {db_path})")
+        else:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SpoolError(f"cannot create the spool folder {folder}: {exc}") from exc
+        lock_fd = None if read_only else _take_lock(folder)
+        try:
+            connection = _connect(db_path, read_only=read_only)
+            return cls(folder, connection, lock_fd)
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    # -- the logger's operations ----------------------------------------------------------------
+
+    def stream_id(self, trial_component: str) -> int:
+        stream_id = self._streams.get(trial_component)
+        if stream_id is None:
+            with self._write_errors():
+                cursor = self._db.execute(
+                    "INSERT INTO streams(trial_component) VALUES (?)", (trial_component,)
+                )
+                self._db.commit()
+            stream_id = int(cursor.lastrowid or 0)
+            self._streams[trial_component] = stream_id
+            self._stream_names[stream_id] = trial_component
+        return stream_id
+
+    def trial_component(self, stream_id: int) -> str:
+        return self._stream_names[stream_id]
+
+    def commit(
+        self,
+        *,
+        stream_id: int,
+        new_points: Sequence[tuple[Any, ...]],
+        wall_offset: float,
+        delivered_ids: Iterable[int] = (),
+        dead: Iterable[tuple[str, str, int, int]] = (),
+    ) -> int:
+        """One transaction: appends ``new_points``, deletes delivered rows, marks dead letters.
+
+        ``new_points`` are the logger's tuples ``(name, value, step, timestamp, logged_at_monotonic, ...)``;
+        ``wall_offset`` turns the monotonic time into epoch seconds. ``dead`` holds
+        ``(code, message, attempts, id)``. Returns the id of the last new point (the new points
+        have consecutive ids ending there), or 0 if there were none.
+        """
+        last_id = 0
+        with self._write_errors():
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if new_points:
+                    # stream and offset are numbers this module produced, not user input
+                    db.executemany(
+                        "INSERT INTO points(stream, name, value, step, ts, logged_at) "
+                        f"VALUES ({int(stream_id)}, ?1, ?2, ?3, ?4, ?5 + {float(wall_offset)!r})",
+                        new_points,
+                    )
+                    last_id = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
+                db.executemany("DELETE FROM points WHERE id = ?", ((i,) for i in delivered_ids))
+                db.executemany(
+                    "UPDATE points SET state = 1, code = ?, message = ?, attempts = ? WHERE id = ?", dead
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+        return last_id
+
+    def load(self, *, after_id: int, limit: int) -> list[SpoolRow]:
+        """Pending points with an id above ``after_id``, oldest first."""
+        with self._read_errors():
+            rows = self._db.execute(
+                "SELECT id, stream, name, value, step, ts, logged_at FROM points "
+                "WHERE id > ? AND state = 0 ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        names = self._stream_names
+        return [SpoolRow(r[0], names[r[1]], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+    def next_row_id(self) -> int:
+        """The id the next appended point will get (AUTOINCREMENT never reuses one)."""
+        with self._read_errors():
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'points'").fetchone()
+        return int(row[0]) + 1 if row else 1
+
+    def count_pending(self) -> int:
+        with self._read_errors():
+            return int(self._db.execute("SELECT count(*) FROM points WHERE state = 0").fetchone()[0])
+
+    def count_dead(self) -> int:
+        with self._read_errors():
+            return int(self._db.execute("SELECT count(*) FROM points WHERE state = 1").fetchone()[0])
+
+    def used_bytes(self) -> int:
+        """Bytes the store's live pages take (freed pages are reused, not counted)."""
+        with self._read_errors():
+            page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+            pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+            free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * page_size)
+
+    def retry_dead(self) -> int:
+        """Turns every dead letter back into a pending point (moved to the end of the line)."""
+        with self._write_errors():
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                moved = db.execute(
+                    "INSERT INTO points(stream, name, value, step, ts, logged_at) "
+                    "SELECT stream, name, value, step, ts, logged_at FROM points WHERE state = 1 ORDER BY id"
+                ).rowcount
+                db.execute("DELETE FROM points WHERE state = 1")
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+        return int(moved)
+
+    def summary(self) -> list[SpoolSummaryRow]:
+        """Pending and dead points per trial component and metric."""
+        with self._read_errors():
+            rows = self._db.execute(
+                "SELECT s.trial_component, p.name, p.state, p.code, count(*) FROM points p "
+                "JOIN streams s ON s.id = p.stream GROUP BY 1, 2, 3, 4 ORDER BY 1, 2"
+            ).fetchall()
+        table: dict[tuple[str, str], SpoolSummaryRow] = {}
+        for trial_component, name, state, code, count in rows:
+            key = (trial_component, name)
+            entry = table.setdefault(key, SpoolSummaryRow(trial_component, name, 0, 0, {}))
+            if state == PENDING:
+                entry = SpoolSummaryRow(
+                    trial_component, name, entry.pending + count, entry.dead, entry.dead_codes
+                )
+            else:
+                entry.dead_codes[code or "?"] = entry.dead_codes.get(code or "?", 0) + count
+                entry = SpoolSummaryRow(
+                    trial_component, name, entry.pending, entry.dead + count, entry.dead_codes
+                )
+            table[key] = entry
+        return list(table.values())
+
+    def dead_letters(self, limit: int = 20) -> list[tuple[str, str, int | None, str, str, int]]:
+        with self._read_errors():
+            rows = self._db.execute(
+                "SELECT s.trial_component, p.name, p.step, p.code, p.message, p.attempts FROM points p "
+                "JOIN streams s ON s.id = p.stream WHERE p.state = 1 ORDER BY p.id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [tuple(r) for r in rows]
+
+    # -- errors -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _write_errors(self) -> Any:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot write the spool {self.path}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _read_errors(self) -> Any:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot read the spool {self.path}: {exc}") from exc
+
+
+def _take_lock(folder: Path) -> int:
+    lock_path = folder / LOCK_FILENAME
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise SpoolError(f"cannot open the spool lock {lock_path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = ""
+        with contextlib.suppress(OSError, ValueError):
+            holder = os.pread(fd, 32, 0).decode().strip()
+        os.close(fd)
+        raise SpoolLockedError(
+            f"the spool {folder} is in use by another process{f' (pid {holder})' if holder else ''}: "
+            "one logger or `metricsbuf sync` at a time per spool folder"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _connect(db_path: Path, *, read_only: bool) -> sqlite3.Connection:
+    try:
+        if read_only:
+            connection = sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            connection = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise SpoolError(f"cannot open the spool {db_path}: {exc}") from exc
+    try:
+        _check_and_prepare(connection, db_path, read_only=read_only)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _check_and_prepare(db: sqlite3.Connection, db_path: Path, *, read_only: bool) -> None:
+    def broken(reason: str) -> SpoolError:
+        return SpoolError(f"{db_path} is not a usable metricsbuf spool ({reason}); nothing was deleted")
+
+    try:
+        application_id = db.execute("PRAGMA application_id").fetchone()[0]
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise broken(str(exc)) from exc
+    fresh = application_id == 0 and not tables
+    if not fresh and application_id != APPLICATION_ID:
+        raise broken("it is a SQLite database of something else")
+    if not fresh:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise broken(f"schema version {version}, this metricsbuf reads {SCHEMA_VERSION}")
+        try:
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise broken(str(exc)) from exc
+        if check != "ok":
+            raise broken(f"integrity check failed: {check}")
+    if read_only:
+        if fresh:
+            raise broken("it is empty")
+        return
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        if fresh:
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except sqlite3.Error as exc:
+        raise broken(str(exc)) from exc
