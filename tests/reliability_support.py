@@ -264,6 +264,10 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
     keys = worker_keys(args.trial_component, args.worker, args.points)
 
     async def run(metrics: MetricsLogger) -> None:
+        # Ready (imports done, client made), then wait for the parent's "go" on stdin, so that
+        # every worker logs at the same time.
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
         for n, (_, name, step, value) in enumerate(keys):
             await metrics.log(name, value, step=step)
             if n % 20 == 0:
@@ -289,7 +293,10 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="reliability_support.py")
     sub = parser.add_subparsers(dest="command", required=True)
-    worker = sub.add_parser("worker", help="log worker_keys(...) to a fake service, print stats as JSON")
+    worker = sub.add_parser(
+        "worker",
+        help='print "ready", wait for a line on stdin, log worker_keys(...), print the stats as JSON',
+    )
     worker.add_argument("--trial-component", required=True)
     worker.add_argument("--worker", type=int, required=True)
     worker.add_argument("--points", type=int, required=True)
