@@ -209,3 +209,29 @@ async def test_point_valid_when_logged_but_stale_when_sent_gets_validation_error
         ("old", 1, 1.0, "VALIDATION_ERROR", 1),
         ("old", 2, 3.0, "VALIDATION_ERROR", 1),
     ]
+
+
+async def test_unknown_trial_component_fails_every_point_once_with_the_request_code() -> None:
+    """A final whole-request error (ResourceNotFound) fails the batch at once: never resent."""
+    async with (
+        RecordingService(known_trial_components={TC}) as svc,
+        metrics_client(svc.endpoint_url) as client,
+    ):
+        async with (
+            MetricsLogger(TC, client=client, **FAST_RETRIES) as known,
+            MetricsLogger("no-such-run", client=client, **FAST_RETRIES) as unknown,
+        ):
+            for step in range(25):
+                await known.log("loss", step + 0.5, step=step)
+                await unknown.log("loss", step + 0.5, step=step)
+    for metrics in (known, unknown):
+        assert_logger_accounted(metrics)
+    assert known.stats.delivered == 25 and known.stats.failed == 0
+    assert unknown.stats.delivered == 0 and unknown.stats.failed == 25 and unknown.stats.retried == 0
+    assert {(f.code, f.attempts) for f in unknown.failures} == {("ResourceNotFound", 1)}
+    assert_stored_exactly(svc, [(TC, "loss", step, step + 0.5) for step in range(25)])
+    assert_service_counts_add_up(svc)
+    # Each unknown point was sent once, in one of three refused requests (10 + 10 + 5).
+    refused = [r for r in svc.records if r.outcome == "resource_not_found"]
+    assert sorted(len(r.items) for r in refused) == [5, 10, 10]
+    assert sorted(key[2] for r in refused for key in r.items) == list(range(25))

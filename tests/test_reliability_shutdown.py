@@ -23,7 +23,7 @@ from reliability_support import (
     metrics_client,
 )
 
-from metricsbuf import CLOSE_TIMEOUT, MetricsLogger
+from metricsbuf import CLOSE_TIMEOUT, DELIVERY_TIMEOUT, MetricsLogger
 
 TC = "reliability-run-0002"
 SERVER_ERROR_CODES = {"InternalFailure", "ServiceUnavailable"}
@@ -62,6 +62,29 @@ async def test_backend_down_retries_run_out_and_every_point_fails_with_the_5xx_c
     sent = [key for record in svc.records for key in record.items]
     assert len(sent) == 3 * 200 and set(sent) == set(keys)
     assert elapsed < 20, elapsed  # it gave up by itself, long before the close deadline
+
+
+async def test_backend_down_points_fail_at_delivery_timeout_before_close() -> None:
+    async with RecordingService(server_error_rate=1.0) as svc, metrics_client(svc.endpoint_url) as client:
+        metrics = MetricsLogger(
+            TC,
+            client=client,
+            max_attempts=1_000_000,
+            backoff_initial=0.01,
+            backoff_max=0.05,
+            delivery_timeout=0.5,
+            close_timeout=20,
+        )
+        async with metrics:
+            keys = await log_points(metrics, 200)
+            started = time.monotonic()
+        elapsed = time.monotonic() - started
+    assert_logger_accounted(metrics)
+    assert metrics.stats.delivered == 0 and metrics.stats.failed == 200
+    assert {failure_key(TC, f) for f in metrics.failures} == set(keys)
+    assert {f.code for f in metrics.failures} == {DELIVERY_TIMEOUT}
+    assert svc.points == [] and svc.counts["server_error"] > 10
+    assert elapsed < 0.5 + EXIT_MARGIN, elapsed  # the points' own deadline, not close_timeout
 
 
 @pytest.mark.parametrize("backend", ["every request 5xx", "no answer (black hole)"])
