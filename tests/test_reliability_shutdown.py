@@ -106,12 +106,19 @@ async def test_backend_down_exit_keeps_close_timeout_and_reports_every_point(bac
             started = time.monotonic()
         elapsed = time.monotonic() - started
         assert close_timeout - 0.05 <= elapsed <= close_timeout + EXIT_MARGIN, elapsed
+
+        # The caller's client survives the cancelled requests: once the backend is back, a new
+        # logger on it delivers everything.
+        svc.configure(server_error_rate=0.0, latency=0.0)
+        async with MetricsLogger(TC, client=client) as after:
+            await after.log_many({"after:a": 1.0, "after:b": 2.0}, step=0)
+        assert after.stats.delivered == 2
     assert_logger_accounted(metrics)
     stats = metrics.stats
     assert stats.delivered == 0 and stats.failed == stats.logged == 300
     assert {failure_key(TC, f) for f in metrics.failures} == set(keys)
     assert {f.code for f in metrics.failures} == {CLOSE_TIMEOUT}
-    assert svc.points == []
+    assert_stored_exactly(svc, [(TC, "after:a", 0, 1.0), (TC, "after:b", 0, 2.0)])
     in_flight = [f for f in metrics.failures if "in flight" in f.message]
     if backend.endswith("5xx"):
         assert svc.counts["server_error"] > 10 and stats.retried > 0
