@@ -2,7 +2,7 @@
 
 Switch it on with ``METRICSBUF_SOAK=1``; it stops by itself after ``METRICSBUF_SOAK_POINTS``
 points (default 1,000,000) or ``METRICSBUF_SOAK_SECONDS`` seconds (default 600), whichever
-comes first::
+comes first (both are checked between rounds, which take about ten seconds each)::
 
     METRICSBUF_SOAK=1 METRICSBUF_SOAK_SECONDS=300 python -m pytest tests/test_reliability_soak.py -s
 
@@ -12,7 +12,8 @@ injecting the mix of issue 3 (10% INTERNAL_ERROR, 10% CONFLICT_ERROR, 5% throttl
 that the service stored every point of the round exactly once, that each point was resent only
 after a retryable per-index code, and that nothing failed; then the service forgets the round
 (so memory stays flat) and the next one starts. One line per round reports the throughput,
-the faults and the process's resident memory, which must not keep growing.
+retries, requests and the process's resident memory, which must not keep growing; the end
+prints the logger's stats and the faults the service injected in total.
 """
 
 from __future__ import annotations
