@@ -451,6 +451,12 @@ def markdown(summary: dict[str, Any], chart_name: str) -> str:
         f"- Machine: {env['platform']}; {env['cpu']}; {env['cpus']} CPUs "
         f"({env['affinity']} usable); {env['memory']} RAM; load average at start "
         + (", ".join(f"{x:.2f}" for x in env["loadavg"]) if env["loadavg"] else "n/a")
+        + (
+            ", at the end " + ", ".join(f"{x:.2f}" for x in cfg["loadavg_end"])
+            if cfg.get("loadavg_end")
+            else ""
+        )
+        + " (other work on the machine shows up as noise in every figure)"
     )
     add(f"- Python: {env['python']}")
     add("- Packages: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))

@@ -362,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     results.finished = time.time()
     results.config["library_at_end"] = _report.library_fingerprint()
+    results.config["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     if results.config["library_at_end"]["sha256"] != results.config["environment"]["library"]["sha256"]:
         results.errors.append("metricsbuf's sources changed during the run: the figures may mix versions")
 
