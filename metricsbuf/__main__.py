@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
+
+from ._exceptions import MetricsBufError
+
+EXIT_ERROR = 2
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -25,23 +30,60 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--endpoint-url", default=None, help="endpoint serving both SageMaker APIs")
     demo.add_argument("--aws", action="store_true", help="use the standard AWS endpoints (real credentials)")
     demo.add_argument("--region", default=None, help="AWS region")
+
+    sync = commands.add_parser(
+        "sync",
+        help="send everything still pending in a spool",
+        description="Sends every pending point of the spool at PATH (each to its own trial component) with "
+        "the library's batching, retries and accounting; exits 1 if anything failed or is left, 2 on errors.",
+    )
+    sync.add_argument("path", help="the spool folder (a logger's spool_dir)")
+    sync.add_argument(
+        "--endpoint-url", default=None, help="SageMaker Metrics endpoint (default: the standard one)"
+    )
+    sync.add_argument("--region", default=None, help="AWS region (default: the standard chain)")
+    sync.add_argument("--retry-failed", action="store_true", help="send the dead letters again too")
+    sync.add_argument(
+        "--max-attempts", type=int, default=8, help="sends per point before giving up (default 8)"
+    )
+
+    inspect = commands.add_parser("inspect", help="show what a spool holds, without sending anything")
+    inspect.add_argument("path", help="the spool folder")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    if args.command == "demo":
-        from ._demo import DemoOptions, run_demo
+    try:
+        if args.command == "demo":
+            from ._demo import DemoOptions, run_demo
 
-        return run_demo(
-            DemoOptions(
-                trial_component=args.trial_component,
-                steps=args.steps,
-                endpoint_url=args.endpoint_url,
-                region=args.region,
-                aws=args.aws,
+            return run_demo(
+                DemoOptions(
+                    trial_component=args.trial_component,
+                    steps=args.steps,
+                    endpoint_url=args.endpoint_url,
+                    region=args.region,
+                    aws=args.aws,
+                )
             )
-        )
+        from . import _cli
+
+        if args.command == "sync":
+            return asyncio.run(
+                _cli.sync(
+                    args.path,
+                    endpoint_url=args.endpoint_url,
+                    region_name=args.region,
+                    retry_failed=args.retry_failed,
+                    max_attempts=args.max_attempts,
+                )
+            )
+        if args.command == "inspect":
+            return _cli.inspect(args.path)
+    except MetricsBufError as exc:
+        sys.stderr.write(f"metricsbuf: {exc}\n")
+        return EXIT_ERROR
     raise AssertionError(args.command)  # argparse rejects unknown commands
 
 

@@ -134,7 +134,8 @@ async def _run(options: DemoOptions, endpoint_url: str | None, region: str, out:
     return 0 if consistent else 1
 
 
-def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
+def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     if options.aws or options.endpoint_url is not None:
         region = options.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if region is None:

@@ -3,7 +3,9 @@
     MetricsBufError         root: catch this to catch everything metricsbuf raises
     ├── InvalidMetricError  (also a ValueError) a point or an option breaks a rule; nothing else is affected
     ├── BufferFullError     max_buffered points held and on_full="raise" (or log_nowait under "block")
-    └── LoggerClosedError   the logger was closed, or its flusher died
+    ├── LoggerClosedError   the logger was closed, or its flusher died
+    └── SpoolError          (in _spool.py) a spool cannot be opened, read or written; names the path
+        └── SpoolLockedError    another process (or logger) has the spool open
 
 Delivery failures are not raised: they are reported as FailedMetric records
 (`MetricsLogger.failures`, the `on_failure` callback, and the `logging` module).

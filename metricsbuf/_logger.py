@@ -30,6 +30,7 @@ import enum
 import inspect
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -41,6 +42,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from tenacity.wait import wait_exponential_jitter
 
 from . import _validation as v
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 from ._buffer import LOGGED_AT, NAME, STEP, TIMESTAMP, VALUE, Point, PointQueue
 from ._client import MetricsClient, open_own_client, warn_if_client_retries
 from ._exceptions import BufferFullError, InvalidMetricError, LoggerClosedError, MetricsBufError
@@ -71,13 +75,16 @@ class _State(enum.Enum):
 class _Group:
     """One batch in flight or waiting for a retry; ``points`` shrinks to what still needs sending."""
 
-    __slots__ = ("points", "first_seq", "trial_component", "attempts")
+    __slots__ = ("points", "first_seq", "trial_component", "attempts", "maybe_stored")
 
     def __init__(self, points: list[Point], first_seq: int, trial_component: str) -> None:
         self.points = points
         self.first_seq = first_seq  # the position (queue sequence number or row id) of its first point
         self.trial_component = trial_component
         self.attempts = 0
+        # A request for these points went out and got no definite answer (still in flight, a
+        # connection error, a timeout, a 5xx): the service may have stored them.
+        self.maybe_stored = False
 
 
 class _Resend(Exception):
@@ -240,6 +247,7 @@ class MetricsLogger:
         self._stack: contextlib.AsyncExitStack | None = None
         self._slots: anyio.Semaphore | None = None
         self._wakeup: anyio.Event | None = None  # wakes the flusher
+        self._spool_wakeup: anyio.Event | None = None  # wakes the spooler
         self._room: anyio.Event | None = None  # wakes producers blocked on max_buffered
         self._progress: anyio.Event | None = None  # wakes flush() waiters
         self._flusher: asyncio.Task[None] | None = None
@@ -364,11 +372,15 @@ class MetricsLogger:
         self._fail_points(self._queue.take_all(), code, message, attempts=0)
         for group in list(self._groups):
             self._groups.discard(group)
-            ambiguous = " (it was in flight, so the service may have stored it)" if group.attempts else ""
+            ambiguous = (
+                " (a request for it got no definite answer, so the service may have stored it)"
+                if group.maybe_stored
+                else ""
+            )
             self._fail_points(group.points, code, message + ambiguous, group.attempts)
         with anyio.move_on_after(_CANCEL_GRACE):
             await self._stack.aclose()  # closes the logger's own client and the spool, if any
-        if self._spool_error is not None:
+        if self._spool_error is not None and self._fatal is None:
             raise self._spool_error
 
     async def _drain_to_spool(self) -> None:
@@ -394,7 +406,11 @@ class MetricsLogger:
 
     def _on_flusher_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            self._fatal = task.exception()
+            fatal = task.exception()
+            # The flusher's task group wraps what killed it; name the cause itself when it is one.
+            while isinstance(fatal, BaseExceptionGroup) and len(fatal.exceptions) == 1:
+                fatal = fatal.exceptions[0]
+            self._fatal = fatal
             log.error("metricsbuf: the background flusher died", exc_info=self._fatal)
         assert self._flusher_done is not None
         self._flusher_done.set()
@@ -442,7 +458,7 @@ class MetricsLogger:
         point = self._make_point(name, value, step, timestamp, time.time())
         if point is not None:
             if self._held >= self._max_buffered and not self._spill_to_disk():
-                if self._on_full == "block":
+                if self._on_full == "block" or self._waits_for_disk():
                     await self._wait_for_room()
                 elif not self._make_room(point):
                     return
@@ -472,7 +488,7 @@ class MetricsLogger:
             if point is None:
                 continue
             if self._held >= self._max_buffered and not self._spill_to_disk():
-                if self._on_full == "block":
+                if self._on_full == "block" or self._waits_for_disk():
                     await self._wait_for_room()
                 elif not self._make_room(point):
                     continue
@@ -541,7 +557,7 @@ class MetricsLogger:
         spool.stage(point)
         staged = len(spool.staged)
         if staged == 1 or staged % self._max_batch_size == 0:
-            wakeup = self._wakeup
+            wakeup = self._spool_wakeup
             if wakeup is not None:
                 wakeup.set()
 
@@ -549,15 +565,20 @@ class MetricsLogger:
         """With a spool, a point past max_buffered is still taken: it will wait on disk.
 
         True when the spool has room (below max_spool_bytes) and the points staged since the
-        last commit are fewer than max_buffered; the flusher is woken to commit now. Otherwise
-        on_full applies.
+        last commit (with those being written) are fewer than max_buffered; the spooler is woken
+        to commit now. So memory holds at most max_buffered points queued or in flight, plus as
+        many on their way to disk.
         """
         spool = self._spool
-        if spool is None or spool.full or len(spool.staged) >= self._max_buffered:
+        if spool is None or spool.full or len(spool.staged) + spool.committing >= self._max_buffered:
             return False
-        assert self._wakeup is not None
-        self._wakeup.set()
+        if self._spool_wakeup is not None:
+            self._spool_wakeup.set()
         return True
+
+    def _waits_for_disk(self) -> bool:
+        """With a spool that has room, a full memory waits for the next commit (milliseconds), not on_full."""
+        return self._spool is not None and not self._spool.full
 
     def _make_room(self, point: Point) -> bool:
         """Applies a non-blocking on_full policy when max_buffered points are held.
@@ -620,8 +641,9 @@ class MetricsLogger:
             timeout = v.check_seconds_option("timeout", timeout)
         target = self._spool.next_id if self._spool is not None else self._queue.appended
         self._urgent_seq = max(self._urgent_seq, target)
-        assert self._wakeup is not None
-        self._wakeup.set()
+        for wakeup in (self._wakeup, self._spool_wakeup):
+            if wakeup is not None:
+                wakeup.set()
         with anyio.fail_after(timeout):
             while not self._settled_before(target):
                 if self._progress is None:
@@ -675,7 +697,7 @@ class MetricsLogger:
     # The flusher
 
     def _wake_all(self) -> None:
-        for event in (self._wakeup, self._room, self._progress):
+        for event in (self._wakeup, self._spool_wakeup, self._room, self._progress):
             if event is not None:
                 event.set()
         self._room = self._progress = None
@@ -688,18 +710,22 @@ class MetricsLogger:
     def _settle(self, count: int) -> None:
         """``count`` held points were delivered, failed or dropped: wake whoever waits for that."""
         self._held -= count
+        if self._spool_wakeup is not None:
+            self._spool_wakeup.set()  # the spooler records it on disk soon
         if self._room is not None:
             self._room.set()
             self._room = None
         self._notify_progress()
 
     async def _run_flusher(self) -> None:
+        """Dispatches batches; with a spool, a sibling task (the spooler) does the disk I/O."""
         assert self._slots is not None
         spool = self._spool
         async with anyio.create_task_group() as task_group:
+            if spool is not None:
+                task_group.start_soon(self._run_spooler)
             while True:
-                if await self._wait_for_work():
-                    await self._commit_spool()
+                await self._wait_until_batch_due()
                 if not self._queue:
                     if self._state is not _State.RUNNING and self._nothing_left_to_send():
                         break  # closing and nothing to send: the task group waits for what is in flight
@@ -721,32 +747,49 @@ class MetricsLogger:
                 task_group.start_soon(self._deliver, group)
 
     def _nothing_left_to_send(self) -> bool:
+        """Whether the queue can still receive points (always false without a spool)."""
         spool = self._spool
-        return spool is None or (not spool.staged and (spool.offline or spool.backlog == 0))
+        return spool is None or (
+            not spool.staged and not spool.busy and (spool.offline or spool.backlog == 0)
+        )
 
-    async def _wait_for_work(self) -> bool:
-        """Waits until a batch is due (returns False) or a spool commit is due (returns True)."""
+    async def _wait_until_batch_due(self) -> None:
         queue = self._queue
-        spool = self._spool
         while True:
             if queue and self._queue_head_position() < self._urgent_seq:
-                return False  # flush() or close: partial batches go now
-            now = time.monotonic()
-            commit_in = None
-            if spool is not None:
-                urgent = bool(spool.staged) and self._urgent_seq > spool.next_id - len(spool.staged)
-                in_memory = self._held - len(spool.staged)
-                commit_in = spool.seconds_until_commit(now, urgent, queue, in_memory, self._max_batch_size)
-                if commit_in == 0.0:
-                    return True
+                return  # flush() or close: partial batches go now
             if not queue and self._state is not _State.RUNNING and self._nothing_left_to_send():
-                return False
-            delay = queue.seconds_until_due(now)
+                return
+            delay = queue.seconds_until_due(time.monotonic())
             if delay == 0.0:
-                return False
-            if commit_in is not None:
-                delay = commit_in if delay is None else min(delay, commit_in)
+                return
             self._wakeup = wakeup = anyio.Event()
+            with anyio.move_on_after(math.inf if delay is None else delay):
+                await wakeup.wait()
+
+    async def _run_spooler(self) -> None:
+        """Commits staged points, deliveries and dead letters; loads the backlog as the queue drains.
+
+        A task of its own, so that disk I/O never waits behind in-flight slots (an outage holds
+        them all) and batches never wait behind the disk.
+        """
+        spool = self._spool
+        assert spool is not None
+        while True:
+            closing = self._state is not _State.RUNNING
+            if closing and self._nothing_left_to_send():
+                return  # what is left (deliveries, dead letters) is written by the final commit
+            urgent = closing or (bool(spool.staged) and self._urgent_seq > spool.next_id - len(spool.staged))
+            in_memory = self._held - len(spool.staged)
+            delay = spool.seconds_until_commit(
+                time.monotonic(), urgent, self._queue, in_memory, self._max_batch_size
+            )
+            if delay == 0.0:
+                await self._commit_spool()
+                if self._wakeup is not None:
+                    self._wakeup.set()  # new points in the queue, perhaps
+                continue
+            self._spool_wakeup = wakeup = anyio.Event()
             with anyio.move_on_after(math.inf if delay is None else delay):
                 await wakeup.wait()
 
@@ -754,7 +797,10 @@ class MetricsLogger:
         """Writes staged points, deletions and dead letters; staged points then leave memory or queue up."""
         spool = self._spool
         assert spool is not None
-        in_flight = self._held - len(spool.staged) - len(self._queue)
+
+        def in_flight() -> int:  # in _deliver tasks: neither staged, being written, nor queued
+            return self._held - len(spool.staged) - spool.committing - len(self._queue)
+
         committed, moved = await spool.commit(self._queue, in_flight)
         # Accounted before the next await, so a cancellation there cannot skew the counts.
         self._held += moved - committed
@@ -762,7 +808,8 @@ class MetricsLogger:
             self._room.set()
             self._room = None
         self._notify_progress()  # offline, a commit settles points
-        self._held += await spool.load_backlog(self._queue, in_flight, self._max_batch_size)
+        loaded = await spool.load_backlog(self._queue, in_flight(), self._max_batch_size)
+        self._held += loaded  # not `self._held += await ...`: that reads _held before the await
         if spool.full:
             self._reporter.warnings.warn(
                 "spool-full",
@@ -872,19 +919,22 @@ class MetricsLogger:
             else {"MetricName": p[NAME], "Timestamp": p[TIMESTAMP], "Value": p[VALUE], "Step": p[STEP]}
             for p in points
         ]
+        group.maybe_stored = True
         try:
             response = await self._client.batch_put_metrics(  # type: ignore[union-attr]
                 TrialComponentName=group.trial_component, MetricData=metric_data
             )
         except anyio.get_cancelled_exc_class():
-            raise
+            raise  # still maybe_stored: the close report says the outcome is unknown
         except Exception as exc:
             failure = classify_exception(exc)
+            group.maybe_stored = failure.ambiguous
             if failure.retryable:
                 raise _Resend([failure.code] * len(points), failure.message, whole_request=True) from exc
             self._fail_points(points, failure.code, failure.message, group.attempts)
             group.points = []
             return
+        group.maybe_stored = False
         self._apply_response(group, response)
 
     def _apply_response(self, group: _Group, response: object) -> None:

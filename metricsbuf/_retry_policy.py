@@ -35,6 +35,8 @@ class RequestFailure:
     code: str
     message: str
     retryable: bool
+    # No definite answer (connection lost, timeout, 5xx): the points may have been stored.
+    ambiguous: bool
 
 
 def classify_exception(exc: BaseException) -> RequestFailure:
@@ -51,9 +53,11 @@ def classify_exception(exc: BaseException) -> RequestFailure:
             http_response=_HttpStatus(status) if isinstance(status, int) else None,
         )
         retryable = _THROTTLED.is_retryable(context) or _TRANSIENT.is_retryable(context) or status == 429
-        return RequestFailure(code, message, retryable)
+        return RequestFailure(
+            code, message, retryable, ambiguous=not isinstance(status, int) or status >= 500
+        )
     context = RetryContext(attempt_number=1, caught_exception=exc)
     # Besides botocore's own connection errors, a raw socket error or timeout from the
     # transport (or from a third-party client object) is transient too.
     retryable = _TRANSIENT.is_retryable(context) or isinstance(exc, (OSError, asyncio.TimeoutError))
-    return RequestFailure(type(exc).__name__, f"{type(exc).__name__}: {exc}", retryable)
+    return RequestFailure(type(exc).__name__, f"{type(exc).__name__}: {exc}", retryable, ambiguous=retryable)

@@ -13,12 +13,18 @@ the logger reads its backlog with a cursor on the id.
 
 Every method here blocks; the logger calls them in a worker thread, one at a time. An
 exclusive lock file keeps a second process (or logger) from opening the same spool.
+
+Rows go in and out as one JSON document per statement (``json_each`` / ``json_group_array``)
+rather than one statement per row: Python's sqlite3 releases and re-takes the GIL around
+every step, and with a busy event loop in the main thread each re-take can wait a whole
+switch interval (5 ms), so per-row statements would starve the writer thread.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -55,6 +61,27 @@ CREATE TABLE IF NOT EXISTS points (
     message TEXT
 );
 CREATE INDEX IF NOT EXISTS points_dead ON points(state) WHERE state != 0;
+"""
+
+_INSERT_POINTS = """
+INSERT INTO points(stream, name, value, step, ts, logged_at)
+SELECT ?1, json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+       json_extract(value, '$[3]'), json_extract(value, '$[4]') + ?2
+FROM json_each(?3)
+"""
+
+_DELETE_POINTS = "DELETE FROM points WHERE id IN (SELECT value FROM json_each(?))"
+
+_LOAD_POINTS = """
+SELECT json_group_array(json_array(id, stream, name, value, step, ts, logged_at)) FROM (
+    SELECT id, stream, name, value, step, ts, logged_at FROM points
+    WHERE id > ? AND state = 0 ORDER BY id LIMIT ?
+)
+"""
+
+_USED_BYTES = """
+SELECT (page_count - freelist_count) * page_size
+FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()
 """
 
 
@@ -181,14 +208,13 @@ class Spool:
             db.execute("BEGIN IMMEDIATE")
             try:
                 if new_points:
-                    # stream and offset are numbers this module produced, not user input
-                    db.executemany(
-                        "INSERT INTO points(stream, name, value, step, ts, logged_at) "
-                        f"VALUES ({int(stream_id)}, ?1, ?2, ?3, ?4, ?5 + {float(wall_offset)!r})",
-                        new_points,
-                    )
+                    # json.dumps keeps floats exact (repr) and a step of None as null.
+                    document = json.dumps([point[:5] for point in new_points])
+                    db.execute(_INSERT_POINTS, (stream_id, wall_offset, document))
                     last_id = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
-                db.executemany("DELETE FROM points WHERE id = ?", ((i,) for i in delivered_ids))
+                delivered = list(delivered_ids)
+                if delivered:
+                    db.execute(_DELETE_POINTS, (json.dumps(delivered),))
                 db.executemany(
                     "UPDATE points SET state = 1, code = ?, message = ?, attempts = ? WHERE id = ?", dead
                 )
@@ -202,11 +228,8 @@ class Spool:
     def load(self, *, after_id: int, limit: int) -> list[SpoolRow]:
         """Pending points with an id above ``after_id``, oldest first."""
         with self._read_errors():
-            rows = self._db.execute(
-                "SELECT id, stream, name, value, step, ts, logged_at FROM points "
-                "WHERE id > ? AND state = 0 ORDER BY id LIMIT ?",
-                (after_id, limit),
-            ).fetchall()
+            document = self._db.execute(_LOAD_POINTS, (after_id, limit)).fetchone()[0]
+        rows = json.loads(document) if document else []
         names = self._stream_names
         return [SpoolRow(r[0], names[r[1]], r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
@@ -227,10 +250,7 @@ class Spool:
     def used_bytes(self) -> int:
         """Bytes the store's live pages take (freed pages are reused, not counted)."""
         with self._read_errors():
-            page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
-            pages = self._db.execute("PRAGMA page_count").fetchone()[0]
-            free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
-        return int((pages - free) * page_size)
+            return int(self._db.execute(_USED_BYTES).fetchone()[0])
 
     def retry_dead(self) -> int:
         """Turns every dead letter back into a pending point (moved to the end of the line)."""

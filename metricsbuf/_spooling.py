@@ -32,6 +32,9 @@ TRIAL_COMPONENT = 6
 
 # Rows loaded from the backlog per read, at most.
 _LOAD_CHUNK = 5_000
+# Deliveries and dead letters are recorded on disk this soon after they happen (grouped): a
+# crash in between makes the next logger resend them, so the window is kept short.
+_SETTLE_DELAY = 0.01
 
 
 class SpoolCoordinator:
@@ -71,6 +74,7 @@ class SpoolCoordinator:
         self._dead: list[tuple[str, str, int, int]] = []
         self._unsettled_since: float | None = None  # when the oldest pending ack/dead letter arrived
         self._committing_from: int | None = None  # first id of the points being written right now
+        self.committing = 0  # how many points are being written right now
 
     # -- setup and teardown ----------------------------------------------------------------
 
@@ -78,7 +82,6 @@ class SpoolCoordinator:
         """Opens and locks the spool; counts what a previous run left."""
         self.spool = spool = await self._run(Spool.open, self.directory)
         try:
-            self._stream_id = await self._run(spool.stream_id, self.trial_component)
             self.recovered = self.backlog = await self._run(spool.count_pending)
             self.next_id = await self._run(spool.next_row_id)
             self.used_bytes = await self._run(spool.used_bytes)
@@ -120,6 +123,11 @@ class SpoolCoordinator:
             self._unsettled_since = time.monotonic()
 
     @property
+    def busy(self) -> bool:
+        """A commit is writing points right now (they are in neither the staging list nor the queue)."""
+        return self._committing_from is not None
+
+    @property
     def pending_on_disk_only(self) -> int:
         return self.backlog + self.left_on_disk
 
@@ -151,7 +159,8 @@ class SpoolCoordinator:
                 return 0.0  # a full batch is waiting to be sent: write it first
             due = max(0.0, self.staged[0][LOGGED_AT] + self.spool_interval - now)
         if self._unsettled_since is not None:
-            settle = 0.0 if urgent else max(0.0, self._unsettled_since + self.spool_interval - now)
+            delay = min(self.spool_interval, _SETTLE_DELAY)
+            settle = 0.0 if urgent else max(0.0, self._unsettled_since + delay - now)
             due = settle if due is None else min(due, settle)
         if self.backlog and not self.offline and self._wants_more(queue, in_memory, max_batch_size):
             return 0.0
@@ -164,11 +173,12 @@ class SpoolCoordinator:
             and in_memory < self.memory_capacity
         )
 
-    async def commit(self, queue: PointQueue, in_flight: int) -> tuple[int, int]:
+    async def commit(self, queue: PointQueue, in_flight: Callable[[], int]) -> tuple[int, int]:
         """Writes staged points, deletions and dead letters; moves what fits into ``queue``.
 
-        ``in_flight`` counts the points in flight or waiting for a retry. Returns (points
-        committed, of them moved into the queue). Raises SpoolError.
+        ``in_flight()`` counts the points in flight or waiting for a retry (asked after the
+        write, since it changes meanwhile). Returns (points committed, of them moved into the
+        queue). Raises SpoolError.
         """
         assert self.spool is not None
         staged, self.staged = self.staged, []
@@ -178,6 +188,7 @@ class SpoolCoordinator:
         expected_last = self.next_id - 1  # ids are assigned in staging order
         if staged:
             self._committing_from = expected_last - len(staged) + 1
+            self.committing = len(staged)
         try:
             last_id, self.used_bytes = await self._run(self._commit, staged, deletes, dead, expected_last)
             self.full = self.used_bytes >= self.max_spool_bytes
@@ -189,10 +200,11 @@ class SpoolCoordinator:
             raise
         finally:
             self._committing_from = None
+            self.committing = 0
         moved = 0
         if staged:
             first_id = last_id - len(staged) + 1
-            room = self.memory_capacity - len(queue) - in_flight
+            room = self.memory_capacity - len(queue) - in_flight()
             if self.offline:
                 self.left_on_disk += len(staged)  # offline: written is as far as they go
             elif self.backlog or room < len(staged):
@@ -236,6 +248,8 @@ class SpoolCoordinator:
     ) -> tuple[int, int]:
         """Runs in the worker thread."""
         assert self.spool is not None
+        if staged and not self._stream_id:
+            self._stream_id = self.spool.stream_id(self.trial_component)  # created on first use
         last_id = self.spool.commit(
             stream_id=self._stream_id,
             new_points=staged,

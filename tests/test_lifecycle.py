@@ -162,6 +162,7 @@ async def test_backend_hung_exit_respects_close_timeout_and_reports_every_point(
     assert {f.code for f in metrics.failures} == {CLOSE_TIMEOUT}
     in_flight = [f for f in metrics.failures if f.attempts == 1]
     assert len(in_flight) == 20 and all("may have stored" in f.message for f in in_flight)
+    assert not any("may have stored" in f.message for f in metrics.failures if f.attempts == 0)
 
 
 async def test_backend_down_during_retries_exit_respects_close_timeout() -> None:
@@ -183,10 +184,10 @@ async def test_dead_flusher_makes_calls_raise_instead_of_hanging(
 ) -> None:
     metrics = MetricsLogger("run-1", client=client, max_buffered=5)
 
-    async def broken(self: MetricsLogger) -> bool:
+    async def broken(self: MetricsLogger) -> None:
         raise RuntimeError("flusher bug")
 
-    monkeypatch.setattr(MetricsLogger, "_wait_for_work", broken)
+    monkeypatch.setattr(MetricsLogger, "_wait_until_batch_due", broken)
     await metrics.start()
     metrics.log_nowait("loss", 1.0)
     await asyncio.sleep(0.01)
@@ -205,11 +206,11 @@ async def test_blocked_producer_is_released_when_the_flusher_dies(
 ) -> None:
     gate = asyncio.Event()
 
-    async def broken(self: MetricsLogger) -> bool:
+    async def broken(self: MetricsLogger) -> None:
         await gate.wait()
         raise RuntimeError("flusher bug")
 
-    monkeypatch.setattr(MetricsLogger, "_wait_for_work", broken)
+    monkeypatch.setattr(MetricsLogger, "_wait_until_batch_due", broken)
     metrics = MetricsLogger("run-1", client=client, max_buffered=1, on_full="block")
     await metrics.start()
     await metrics.log("a", 1.0)

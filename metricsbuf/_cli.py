@@ -1,0 +1,115 @@
+"""``metricsbuf sync`` and ``metricsbuf inspect``: working with a spool from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import TextIO
+
+import anyio
+
+from ._console import Progress, bar
+from ._logger import MetricsLogger
+from ._spool import Spool
+
+# The trial component of the sync command's own (empty) stream: sync only sends what others logged.
+_SYNC_TRIAL_COMPONENT = "metricsbuf-sync"
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1  # something failed or is still pending
+EXIT_ERROR = 2  # could not run (bad spool, locked, no credentials, ...)
+
+
+async def sync(
+    path: str,
+    *,
+    endpoint_url: str | None = None,
+    region_name: str | None = None,
+    retry_failed: bool = False,
+    max_attempts: int = 8,
+    out: TextIO | None = None,
+) -> int:
+    """Sends everything pending in the spool at ``path``; returns the exit code."""
+    out = out or sys.stdout
+    if retry_failed:
+        spool = await anyio.to_thread.run_sync(lambda: Spool.open(path, create=False))
+        try:
+            moved = await anyio.to_thread.run_sync(spool.retry_dead)
+        finally:
+            await anyio.to_thread.run_sync(spool.close)
+        out.write(f"{moved} dead letter(s) queued again\n")
+    spool_check = await anyio.to_thread.run_sync(lambda: Spool.open(path, read_only=True))
+    await anyio.to_thread.run_sync(spool_check.close)
+
+    logger = MetricsLogger(
+        _SYNC_TRIAL_COMPONENT,
+        endpoint_url=endpoint_url,
+        region_name=region_name,
+        spool_dir=path,
+        max_attempts=max_attempts,
+        max_in_flight=8,
+    )
+    progress = Progress(out)
+    async with logger:
+        total = logger.stats.recovered
+        out.write(f"{total} pending point(s) in {path}\n")
+        flushing = asyncio.ensure_future(logger.flush())
+        while not flushing.done():
+            progress.update(_line(logger, total))
+            await asyncio.wait([flushing], timeout=0.25)
+        flushing.result()
+        progress.done(_line(logger, total))
+    stats = logger.stats
+    failed_by_code = Counter(f.code for f in logger.failures)
+    out.write(f"delivered: {stats.delivered}\n")
+    out.write(f"failed:    {stats.failed}" + (f"  {dict(failed_by_code)}" if failed_by_code else "") + "\n")
+    out.write(
+        f"pending:   {stats.pending}" + ("  (run `metricsbuf sync` again)" if stats.pending else "") + "\n"
+    )
+    if stats.failed:
+        out.write(
+            "failed points are kept as dead letters; `metricsbuf sync --retry-failed` sends them again\n"
+        )
+    return EXIT_OK if stats.failed == 0 and stats.pending == 0 else EXIT_INCOMPLETE
+
+
+def _line(logger: MetricsLogger, total: int) -> str:
+    stats = logger.stats
+    settled = total - stats.pending
+    return f"{bar(settled, total)} {settled}/{total}  delivered {stats.delivered}  failed {stats.failed}"
+
+
+def inspect(path: str, *, out: TextIO | None = None) -> int:
+    """Prints what the spool at ``path`` holds, per trial component and metric; sends nothing."""
+    out = out or sys.stdout
+    spool = Spool.open(path, read_only=True)
+    try:
+        rows = spool.summary()
+        dead = spool.dead_letters(limit=10)
+        used = spool.used_bytes()
+    finally:
+        spool.close()
+    file_size = sum(f.stat().st_size for f in Path(path).glob("spool.sqlite3*"))
+    out.write(f"spool {path}: {used} bytes in use, {file_size} bytes on disk\n")
+    if not rows:
+        out.write("empty: nothing pending, no dead letters\n")
+        return EXIT_OK
+    width = max(len("metric"), *(len(r.name) for r in rows))
+    current = None
+    for row in rows:
+        if row.trial_component != current:
+            current = row.trial_component
+            out.write(f"trial component {current}\n")
+            out.write(f"  {'metric':<{width}}  {'pending':>8}  {'dead':>6}  dead letters by code\n")
+        codes = ", ".join(f"{code}: {count}" for code, count in sorted(row.dead_codes.items()))
+        out.write(f"  {row.name:<{width}}  {row.pending:>8}  {row.dead:>6}  {codes}\n")
+    pending = sum(r.pending for r in rows)
+    dead_total = sum(r.dead for r in rows)
+    out.write(f"total: {pending} pending, {dead_total} dead letter(s)\n")
+    for trial_component, name, step, code, message, attempts in dead:
+        out.write(
+            f"  dead: {trial_component}/{name} step={step} {code} after {attempts} attempt(s): {message}\n"
+        )
+    return EXIT_OK
