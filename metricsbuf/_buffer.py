@@ -1,11 +1,11 @@
 """The in-memory queue of points waiting to be sent: pure batching logic, no I/O.
 
-Points are plain tuples (cheap to build on the hot path, about 190 bytes each with
-their floats). Every point accepted gets a sequence number, implicitly: the queue is
-FIFO and only ever loses points from its head, so the head's number is
-``appended - len(queue)``. A batch taken from the head therefore covers a contiguous
-range of sequence numbers, which is what lets ``flush()`` wait for "everything logged
-before this call" without tagging each point.
+Points are plain tuples (cheap to build on the hot path, about 150 bytes each with their
+floats). Every point accepted gets a sequence number, implicitly: the queue is FIFO and
+only ever loses points from its head, so the head's number is the count of points removed
+so far, and the next point's is that plus ``len(queue)``. A batch taken from the head
+therefore covers a contiguous range of sequence numbers, which is what lets ``flush()``
+wait for "everything logged before this call" without tagging each point.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Final, TypeAlias
 
-# (name: str, value: float, step: int | None, timestamp: epoch seconds, logged_at: monotonic seconds),
+# (name: str, value: float, step: int | None, timestamp: epoch seconds, logged_at: epoch seconds),
 # followed, for a point read from or written to a spool, by (row id: int, trial component: str).
 # Typed loosely because of that optional tail; the index constants below name the fields.
+# logged_at is read from the same wall clock as a default timestamp (the same float object, so
+# it costs no memory): one clock read per point. The timers built on it (flush_interval,
+# delivery_timeout) are therefore wall-clock timers; a clock step shifts them by its size.
 Point: TypeAlias = "tuple[Any, ...]"
 NAME: Final = 0
 VALUE: Final = 1
@@ -27,33 +30,35 @@ LOGGED_AT: Final = 4
 class PointQueue:
     """FIFO of points with the batching decisions of the flusher."""
 
-    __slots__ = ("_points", "appended", "max_batch_size", "flush_interval")
+    __slots__ = ("_points", "append", "head_seq", "max_batch_size", "flush_interval")
 
     def __init__(self, max_batch_size: int, flush_interval: float) -> None:
         self._points: deque[Point] = deque()
-        self.appended = 0  # points ever appended: the next point's sequence number
+        # Adds a point at the tail. The deque's own method: the logger's hot path calls it.
+        self.append = self._points.append
+        self.head_seq = 0  # points removed so far: the sequence number of the head
         self.max_batch_size = max_batch_size
         self.flush_interval = flush_interval
 
     def __len__(self) -> int:
         return len(self._points)
 
-    def append(self, point: Point) -> int:
-        """Adds a point; returns the queue length afterwards."""
-        self._points.append(point)
-        self.appended += 1
-        return len(self._points)
+    def __bool__(self) -> bool:
+        return bool(self._points)
 
     @property
-    def head_seq(self) -> int:
-        """Sequence number of the oldest queued point (== appended when empty)."""
-        return self.appended - len(self._points)
+    def appended(self) -> int:
+        """Points ever appended: the next point's sequence number."""
+        return self.head_seq + len(self._points)
 
     def peek(self) -> Point | None:
         return self._points[0] if self._points else None
 
     def pop_oldest(self) -> Point | None:
-        return self._points.popleft() if self._points else None
+        if not self._points:
+            return None
+        self.head_seq += 1
+        return self._points.popleft()
 
     def seconds_until_due(self, now: float) -> float | None:
         """How long until a partial batch must leave (0 when one is due now); None when empty."""
@@ -70,6 +75,7 @@ class PointQueue:
         expired: list[Point] = []
         while points and points[0][LOGGED_AT] < deadline_logged_at:
             expired.append(points.popleft())
+        self.head_seq += len(expired)
         return expired
 
     def take_batch(self, same_key: int | None = None) -> tuple[int, list[Point]]:
@@ -82,14 +88,17 @@ class PointQueue:
         points = self._points
         count = min(self.max_batch_size, len(points))
         if same_key is None:
-            return first_seq, [points.popleft() for _ in range(count)]
-        key = points[0][same_key]
-        batch: list[Point] = []
-        while points and len(batch) < count and points[0][same_key] == key:
-            batch.append(points.popleft())
+            batch = [points.popleft() for _ in range(count)]
+        else:
+            key = points[0][same_key]
+            batch = []
+            while points and len(batch) < count and points[0][same_key] == key:
+                batch.append(points.popleft())
+        self.head_seq += len(batch)
         return first_seq, batch
 
     def take_all(self) -> list[Point]:
         taken = list(self._points)
         self._points.clear()
+        self.head_seq += len(taken)
         return taken

@@ -59,6 +59,7 @@ NON_FINITE_POLICIES = ("drop", "raise")
 # How long aclose() waits for cancelled sends to unwind after close_timeout, before it
 # accounts for them anyway; exit stays within close_timeout plus about this much.
 _CANCEL_GRACE = 2.0
+_MAX_STEP = v.MAX_STEP  # a module global: one lookup on the hot path
 # A position above every point's: flush everything.
 _EVERYTHING = 1 << 62
 # Beyond this many distinct names, new names are validated at every call instead of cached.
@@ -231,7 +232,10 @@ class MetricsLogger:
         self._offline = bool(offline)
 
         self._state = _State.NEW
+        self._accepting = False  # RUNNING and the flusher alive
+        self._fast_path_open = False  # accepting, and no spool: log() may take its inline path
         self._queue = PointQueue(self._max_batch_size, self._flush_interval)
+        self._queue_append = self._queue.append
         self._groups: set[_Group] = set()
         self._reporter = FailureReporter(self._trial_component, on_failure)
         self._known_names: set[str] = set()
@@ -318,6 +322,8 @@ class MetricsLogger:
             self._run_flusher(), name=f"metricsbuf-flusher[{self._trial_component}]"
         )
         self._flusher.add_done_callback(self._on_flusher_done)
+        self._accepting = True
+        self._fast_path_open = self._spool is None
 
     async def aclose(self) -> None:
         """Stops intake and drains within ``close_timeout``; what is still held then fails with CLOSE_TIMEOUT.
@@ -342,6 +348,7 @@ class MetricsLogger:
             self._raise_if_fatal()
             return
         self._state = _State.CLOSING
+        self._accepting = self._fast_path_open = False
         self._urgent_seq = _EVERYTHING
         self._wake_all()
         with anyio.CancelScope(shield=True):
@@ -411,6 +418,7 @@ class MetricsLogger:
             while isinstance(fatal, BaseExceptionGroup) and len(fatal.exceptions) == 1:
                 fatal = fatal.exceptions[0]
             self._fatal = fatal
+            self._accepting = self._fast_path_open = False
             log.error("metricsbuf: the background flusher died", exc_info=self._fatal)
         assert self._flusher_done is not None
         self._flusher_done.set()
@@ -421,7 +429,7 @@ class MetricsLogger:
             raise LoggerClosedError(f"the metricsbuf flusher died: {self._fatal!r}") from self._fatal
 
     def _check_running(self) -> None:
-        if self._state is not _State.RUNNING or self._fatal is not None:
+        if not self._accepting:
             self._raise_not_running()
 
     def _raise_not_running(self) -> None:
@@ -453,7 +461,31 @@ class MetricsLogger:
             BufferFullError: ``on_full="raise"`` and ``max_buffered`` points are held.
             LoggerClosedError: the logger is closed.
         """
-        if self._state is not _State.RUNNING or self._fatal is not None:
+        # The fast path: the usual call (a float, a known name, an int step or none, no
+        # timestamp, room in memory, no spool) is checked and queued inline. Anything else
+        # takes the general path below, which applies the same rules.
+        if (
+            self._fast_path_open
+            and type(value) is float
+            and value - value == 0.0  # finite: inf - inf and nan - nan are nan
+            and type(name) is str
+            and name in self._known_names
+            and timestamp is None
+            and (step is None or (type(step) is int and 0 <= step <= _MAX_STEP))
+            and self._held < self._max_buffered
+        ):
+            self._logged += 1
+            self._held += 1
+            queue = self._queue
+            now = time.time()
+            queue.append((name, value, step, now, now))
+            length = len(queue)
+            if length == 1 or length == self._max_batch_size:
+                wakeup = self._wakeup
+                if wakeup is not None:
+                    wakeup.set()
+            return
+        if not self._accepting:
             self._raise_not_running()
         point = self._make_point(name, value, step, timestamp, time.time())
         if point is not None:
@@ -476,7 +508,7 @@ class MetricsLogger:
         All points are validated first: if any is invalid, InvalidMetricError is raised and
         none of them is logged.
         """
-        if self._state is not _State.RUNNING or self._fatal is not None:
+        if not self._accepting:
             self._raise_not_running()
         if not isinstance(metrics, Mapping):
             raise InvalidMetricError(
@@ -501,7 +533,7 @@ class MetricsLogger:
 
         Under ``on_full="block"`` it cannot wait, so a full buffer raises BufferFullError.
         """
-        if self._state is not _State.RUNNING or self._fatal is not None:
+        if not self._accepting:
             self._raise_not_running()
         point = self._make_point(name, value, step, timestamp, time.time())
         if point is not None:
@@ -511,7 +543,7 @@ class MetricsLogger:
 
     def _make_point(self, name: Any, value: Any, step: Any, timestamp: Any, now: float) -> Point | None:
         """Validates one point; returns it as a tuple, or None for a non-finite value under "drop"."""
-        if name not in self._known_names:
+        if type(name) is not str or name not in self._known_names:
             v.check_name(name)
             if len(self._known_names) < _NAME_CACHE_LIMIT:
                 self._known_names.add(name)
@@ -524,9 +556,9 @@ class MetricsLogger:
             return None
         if step is not None and (type(step) is not int or not 0 <= step <= v.MAX_STEP):
             step = v.coerce_step(name, step)
-        if timestamp is not None:
-            now = v.coerce_timestamp(name, timestamp, now)
-        return (name, value, step, now, time.monotonic())
+        if timestamp is None:
+            return (name, value, step, now, now)
+        return (name, value, step, v.coerce_timestamp(name, timestamp, now), now)
 
     def _reject_non_finite(self, name: str, value: float) -> None:
         self._rejected += 1
@@ -542,7 +574,8 @@ class MetricsLogger:
     def _enqueue(self, point: Point) -> None:
         self._logged += 1
         self._held += 1
-        length = self._queue.append(point)
+        self._queue_append(point)  # the deque's own append: this is the hot path
+        length = len(self._queue)
         if length == 1 or length == self._max_batch_size:
             wakeup = self._wakeup
             if wakeup is not None:
@@ -619,7 +652,7 @@ class MetricsLogger:
             if self._room is None:
                 self._room = anyio.Event()
             await self._room.wait()
-            if self._state is not _State.RUNNING or self._fatal is not None:
+            if not self._accepting:
                 self._raise_not_running()
 
     # ------------------------------------------------------------------------------------------
@@ -760,11 +793,20 @@ class MetricsLogger:
                 return  # flush() or close: partial batches go now
             if not queue and self._state is not _State.RUNNING and self._nothing_left_to_send():
                 return
-            delay = queue.seconds_until_due(time.monotonic())
+            delay = queue.seconds_until_due(time.time())
             if delay == 0.0:
                 return
-            self._wakeup = wakeup = anyio.Event()
-            with anyio.move_on_after(math.inf if delay is None else delay):
+            await self._sleep_until_woken(delay)
+
+    async def _sleep_until_woken(self, delay: float | None) -> None:
+        """Waits for ``self._wakeup`` to be set, at most ``delay`` seconds (None: no limit)."""
+        wakeup = self._wakeup
+        if wakeup is None or wakeup.is_set():
+            self._wakeup = wakeup = anyio.Event()  # events cannot be cleared: a new one per wake-up
+        if delay is None:
+            await wakeup.wait()
+        else:
+            with anyio.move_on_after(delay):
                 await wakeup.wait()
 
     async def _run_spooler(self) -> None:
@@ -782,7 +824,7 @@ class MetricsLogger:
             urgent = closing or (bool(spool.staged) and self._urgent_seq > spool.next_id - len(spool.staged))
             in_memory = self._held - len(spool.staged)
             delay = spool.seconds_until_commit(
-                time.monotonic(), urgent, self._queue, in_memory, self._max_batch_size
+                time.time(), urgent, self._queue, in_memory, self._max_batch_size
             )
             if delay == 0.0:
                 await self._commit_spool()
@@ -822,7 +864,7 @@ class MetricsLogger:
             )
 
     def _expire_queued(self) -> None:
-        expired = self._queue.pop_expired(time.monotonic() - self._delivery_timeout)
+        expired = self._queue.pop_expired(time.time() - self._delivery_timeout)
         if expired:
             self._fail_points(expired, DELIVERY_TIMEOUT, self._timeout_message(), attempts=0)
 
@@ -835,33 +877,26 @@ class MetricsLogger:
         Called holding an in-flight slot. While it backs off after per-index errors it lets
         the slot go (and takes one again to resend); after a whole-request failure it keeps
         it, so a struggling service sees at most max_in_flight batches. Never raises (except
-        cancellation): a failure of any kind ends as
-        FailedMetric records, so the flusher survives.
+        cancellation): a failure of any kind ends as FailedMetric records (or, with a spool,
+        as points kept on disk), so the flusher survives.
         """
         assert self._slots is not None
         holding_slot = True
         try:
-            retrying = AsyncRetrying(
-                stop=stop_after_attempt(self._max_attempts),
-                wait=self._backoff_for(group),
-                retry=retry_if_exception_type(_Resend),
-                sleep=anyio.sleep,
-                reraise=True,
-            )
-            async for attempt in retrying:
-                with attempt:
-                    if not holding_slot:
-                        await self._slots.acquire()
-                        holding_slot = True
-                    try:
-                        await self._send(group)
-                    except _Resend as resend:
-                        if not resend.whole_request:
-                            self._slots.release()
-                            holding_slot = False
-                        raise
+            try:
+                # The first attempt runs outside tenacity: most batches need no other, and
+                # building a retry loop for each one would cost more than the rest of the
+                # logger's work per request.
+                await self._send(group)
+                resend = None
+            except _Resend as first_failure:
+                if not first_failure.whole_request:
                     self._slots.release()
                     holding_slot = False
+                resend = first_failure
+            if resend is not None:
+                slot, holding_slot = holding_slot, False  # the slot, if held, passes to _resend
+                await self._resend(group, resend, slot)
         except _Resend as exhausted:
             by_code: dict[str, list[Point]] = {}
             for point, code in zip(group.points, exhausted.codes, strict=True):
@@ -879,9 +914,42 @@ class MetricsLogger:
         finally:
             if holding_slot:
                 self._slots.release()
+        # Not reached when cancelled at the close deadline: the group stays for the close report.
         group.points = []
         self._groups.discard(group)
         self._notify_progress()
+
+    async def _resend(self, group: _Group, first_failure: _Resend, holding_slot: bool) -> None:
+        """Retries under tenacity after a failed first attempt; raises _Resend when the budget is spent.
+
+        Releases its slot (if any) before returning or raising.
+        """
+        assert self._slots is not None
+        try:
+            retrying = AsyncRetrying(
+                stop=stop_after_attempt(self._max_attempts),
+                wait=self._backoff_for(group),
+                retry=retry_if_exception_type(_Resend),
+                sleep=anyio.sleep,
+                reraise=True,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    if attempt.retry_state.attempt_number == 1:
+                        raise first_failure  # tenacity's attempt 1 is the one already made
+                    if not holding_slot:
+                        await self._slots.acquire()
+                        holding_slot = True
+                    try:
+                        await self._send(group)
+                    except _Resend as again:
+                        if not again.whole_request:
+                            self._slots.release()
+                            holding_slot = False
+                        raise
+        finally:
+            if holding_slot:
+                self._slots.release()
 
     def _backoff_for(self, group: _Group) -> Any:
         """Exponential backoff with jitter, never sleeping past the group's last delivery deadline."""
@@ -893,15 +961,14 @@ class MetricsLogger:
             delay = backoff(retry_state)
             if group.points:
                 last_deadline = max(p[LOGGED_AT] for p in group.points) + self._delivery_timeout
-                delay = min(delay, max(0.0, last_deadline - time.monotonic()))
+                delay = min(delay, max(0.0, last_deadline - time.time()))
             return delay
 
         return wait
 
     async def _send(self, group: _Group) -> None:
         """One attempt. Raises _Resend if some points must be sent again."""
-        now = time.monotonic()
-        deadline = now - self._delivery_timeout
+        deadline = time.time() - self._delivery_timeout
         if any(p[LOGGED_AT] < deadline for p in group.points):
             expired = [p for p in group.points if p[LOGGED_AT] < deadline]
             group.points = [p for p in group.points if p[LOGGED_AT] >= deadline]

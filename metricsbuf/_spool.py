@@ -66,8 +66,8 @@ CREATE INDEX IF NOT EXISTS points_dead ON points(state) WHERE state != 0;
 _INSERT_POINTS = """
 INSERT INTO points(stream, name, value, step, ts, logged_at)
 SELECT ?1, json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
-       json_extract(value, '$[3]'), json_extract(value, '$[4]') + ?2
-FROM json_each(?3)
+       json_extract(value, '$[3]'), json_extract(value, '$[4]')
+FROM json_each(?2)
 """
 
 _DELETE_POINTS = "DELETE FROM points WHERE id IN (SELECT value FROM json_each(?))"
@@ -191,14 +191,13 @@ class Spool:
         *,
         stream_id: int,
         new_points: Sequence[tuple[Any, ...]],
-        wall_offset: float,
         delivered_ids: Iterable[int] = (),
         dead: Iterable[tuple[str, str, int, int]] = (),
     ) -> int:
         """One transaction: appends ``new_points``, deletes delivered rows, marks dead letters.
 
-        ``new_points`` are the logger's tuples ``(name, value, step, timestamp, logged_at_monotonic, ...)``;
-        ``wall_offset`` turns the monotonic time into epoch seconds. ``dead`` holds
+        ``new_points`` are the logger's tuples ``(name, value, step, timestamp, logged_at, ...)``,
+        times in epoch seconds. ``dead`` holds
         ``(code, message, attempts, id)``. Returns the id of the last new point (the new points
         have consecutive ids ending there), or 0 if there were none.
         """
@@ -210,7 +209,7 @@ class Spool:
                 if new_points:
                     # json.dumps keeps floats exact (repr) and a step of None as null.
                     document = json.dumps([point[:5] for point in new_points])
-                    db.execute(_INSERT_POINTS, (stream_id, wall_offset, document))
+                    db.execute(_INSERT_POINTS, (stream_id, document))
                     last_id = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
                 delivered = list(delivered_ids)
                 if delivered:

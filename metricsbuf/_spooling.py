@@ -59,8 +59,6 @@ class SpoolCoordinator:
         self.spool: Spool | None = None
         self._limiter = anyio.CapacityLimiter(1)
         self._stream_id = 0
-        # Monotonic-to-wall offset: stored logged_at is epoch seconds.
-        self._wall_offset = time.time() - time.monotonic()
 
         self.staged: list[Point] = []  # logged, not yet on disk; ids next_id - len(staged) ... next_id - 1
         self.next_id = 1
@@ -120,7 +118,7 @@ class SpoolCoordinator:
 
     def _note_unsettled(self) -> None:
         if self._unsettled_since is None:
-            self._unsettled_since = time.monotonic()
+            self._unsettled_since = time.time()
 
     @property
     def busy(self) -> bool:
@@ -253,7 +251,6 @@ class SpoolCoordinator:
         last_id = self.spool.commit(
             stream_id=self._stream_id,
             new_points=staged,
-            wall_offset=self._wall_offset,
             delivered_ids=deletes,
             dead=dead,
         )
@@ -267,7 +264,7 @@ class SpoolCoordinator:
     async def _load(self, queue: PointQueue, limit: int) -> int:
         assert self.spool is not None
         rows = await self._run(self.spool.load, after_id=self.cursor, limit=limit)
-        now = time.monotonic()  # delivery_timeout counts from when a point is loaded for sending
+        now = time.time()  # delivery_timeout counts from when a point is loaded for sending
         for row in rows:
             queue.append((row.name, row.value, row.step, row.timestamp, now, row.id, row.trial_component))
         if rows:
