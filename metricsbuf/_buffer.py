@@ -78,15 +78,16 @@ class PointQueue:
         self.head_seq += len(expired)
         return expired
 
-    def take_batch(self, same_key: int | None = None) -> tuple[int, list[Point]]:
-        """Removes up to ``max_batch_size`` points from the head; returns (first sequence number, points).
+    def take_batch(self, limit: int | None = None, same_key: int | None = None) -> tuple[int, list[Point]]:
+        """Removes up to ``limit`` (default ``max_batch_size``) points from the head.
 
-        With ``same_key``, the batch stops before the first point whose tuple field at that
-        index differs from the head's (a request carries one trial component).
+        Returns (the first one's sequence number, the points). With ``same_key``, the batch
+        stops before the first point whose tuple field at that index differs from the head's
+        (a request carries one trial component).
         """
         first_seq = self.head_seq
         points = self._points
-        count = min(self.max_batch_size, len(points))
+        count = min(self.max_batch_size if limit is None else limit, len(points))
         if same_key is None:
             batch = [points.popleft() for _ in range(count)]
         else:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import heapq
 import inspect
 import math
 import os
@@ -74,35 +75,52 @@ class _State(enum.Enum):
 
 
 class _Group:
-    """One batch in flight or waiting for a retry; ``points`` shrinks to what still needs sending."""
+    """One request's points while they are in flight, or retried whole after a request failure.
 
-    __slots__ = ("points", "first_seq", "trial_component", "attempts", "maybe_stored")
+    ``positions`` (queue sequence numbers, or row ids with a spool) and ``attempts`` (sends so
+    far) run parallel to ``points``: a batch can mix fresh points with points being resent.
+    """
 
-    def __init__(self, points: list[Point], first_seq: int, trial_component: str) -> None:
+    __slots__ = ("points", "positions", "attempts", "trial_component", "maybe_stored", "last_failure")
+
+    def __init__(
+        self, points: list[Point], positions: list[int], attempts: list[int], trial_component: str
+    ) -> None:
         self.points = points
-        self.first_seq = first_seq  # the position (queue sequence number or row id) of its first point
+        self.positions = positions
+        self.attempts = attempts
         self.trial_component = trial_component
-        self.attempts = 0
         # A request for these points went out and got no definite answer (still in flight, a
         # connection error, a timeout, a 5xx): the service may have stored them.
         self.maybe_stored = False
+        self.last_failure: _Resend | None = None
+
+    def keep(self, keep: list[bool]) -> None:
+        self.points = [p for p, k in zip(self.points, keep, strict=True) if k]
+        self.positions = [p for p, k in zip(self.positions, keep, strict=True) if k]
+        self.attempts = [a for a, k in zip(self.attempts, keep, strict=True) if k]
 
 
 class _Resend(Exception):
-    """Raised inside a tenacity attempt: the group's remaining points must be sent again.
+    """Raised inside a tenacity attempt: the whole request failed (throttling, 5xx, connection).
 
-    ``codes`` gives each remaining point's error code, aligned with ``group.points``.
-    ``whole_request`` is True when the request as a whole failed (throttling, 5xx, connection):
-    the service is struggling, so the group keeps its in-flight slot while it backs off, and
-    the flusher starts no new batch in its place. After per-index errors the service is
-    healthy, so the slot goes to the next batch meanwhile.
+    The service is struggling, so the group keeps its in-flight slot while it backs off and
+    the flusher starts no new batch in its place.
     """
 
-    def __init__(self, codes: list[str], message: str, *, whole_request: bool) -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.codes = codes
+        self.code = code
         self.message = message
-        self.whole_request = whole_request
+
+
+class _AttemptNumber:
+    """The one field of tenacity's RetryCallState that its wait strategies read."""
+
+    __slots__ = ("attempt_number",)
+
+    def __init__(self, attempt_number: int) -> None:
+        self.attempt_number = attempt_number
 
 
 class MetricsLogger:
@@ -215,6 +233,10 @@ class MetricsLogger:
             raise InvalidMetricError(
                 f"backoff_max ({backoff_max}) must not be below backoff_initial ({backoff_initial})"
             )
+        # tenacity's exponential backoff with jitter decides every resend's delay.
+        self._backoff = wait_exponential_jitter(
+            multiplier=self._backoff_initial, max=self._backoff_max, jitter=self._backoff_initial
+        )
 
         self._spool: SpoolCoordinator | None = None
         if spool_dir is not None:
@@ -236,6 +258,10 @@ class MetricsLogger:
         self._fast_path_open = False  # accepting, and no spool: log() may take its inline path
         self._queue = PointQueue(self._max_batch_size, self._flush_interval)
         self._queue_append = self._queue.append
+        # Points the service answered INTERNAL_ERROR / CONFLICT_ERROR for, waiting out their
+        # backoff: a heap of (ready_at, position, attempts, point). The flusher puts the due
+        # ones at the front of the next batch, so resends do not cost requests of their own.
+        self._lane: list[tuple[float, int, int, Point]] = []
         self._groups: set[_Group] = set()
         self._reporter = FailureReporter(self._trial_component, on_failure)
         self._known_names: set[str] = set()
@@ -385,6 +411,9 @@ class MetricsLogger:
                 else ""
             )
             self._fail_points(group.points, code, message + ambiguous, group.attempts)
+        while self._lane:
+            _, _, attempts, point = heapq.heappop(self._lane)
+            self._fail_points([point], code, message + " (waiting to be resent)", attempts)
         with anyio.move_on_after(_CANCEL_GRACE):
             await self._stack.aclose()  # closes the logger's own client and the spool, if any
         if self._spool_error is not None and self._fatal is None:
@@ -398,6 +427,8 @@ class MetricsLogger:
         for group in list(self._groups):
             self._groups.discard(group)
             left.extend(group.points)
+        left.extend(entry[3] for entry in self._lane)
+        self._lane.clear()
         if left:
             self._leave_on_disk(left)
         staged = len(spool.staged)
@@ -692,9 +723,11 @@ class MetricsLogger:
         return self._first_unsettled() >= position
 
     def _first_unsettled(self) -> int:
+        held = [position for g in self._groups for position in g.positions]
+        held.extend(entry[1] for entry in self._lane)
         if self._spool is not None:
-            return self._spool.first_unsettled_id(self._queue, [g.first_seq for g in self._groups])
-        return min([self._queue.head_seq, *(g.first_seq for g in self._groups)])
+            return self._spool.first_unsettled_id(self._queue, held)
+        return min([self._queue.head_seq, *held])
 
     def _queue_head_position(self) -> float:
         head = self._queue.peek()
@@ -759,25 +792,59 @@ class MetricsLogger:
                 task_group.start_soon(self._run_spooler)
             while True:
                 await self._wait_until_batch_due()
-                if not self._queue:
-                    if self._state is not _State.RUNNING and self._nothing_left_to_send():
-                        break  # closing and nothing to send: the task group waits for what is in flight
+                if not self._queue and not self._lane:
+                    if (
+                        self._state is not _State.RUNNING
+                        and not self._groups
+                        and self._nothing_left_to_send()
+                    ):
+                        break  # closing, nothing to send, nothing in flight that could need a resend
                     continue
                 # Take the slot first, then the batch: while every slot is busy the batch keeps filling.
                 await self._slots.acquire()
                 if spool is None:
                     self._expire_queued()
-                if not self._queue:
+                group = self._take_batch(time.time())
+                if group is None:
                     self._slots.release()
                     continue
-                if spool is None:
-                    first_seq, points = self._queue.take_batch()
-                    group = _Group(points, first_seq, self._trial_component)
-                else:  # spooled points: one trial component per request; positions are row ids
-                    _, points = self._queue.take_batch(same_key=TRIAL_COMPONENT)
-                    group = _Group(points, points[0][ROW_ID], points[0][TRIAL_COMPONENT])
                 self._groups.add(group)
                 task_group.start_soon(self._deliver, group)
+
+    def _take_batch(self, now: float) -> _Group | None:
+        """Resends that are due first, then queued points: up to max_batch_size, one trial component."""
+        spooled = self._spool is not None
+        points: list[Point] = []
+        positions: list[int] = []
+        attempts: list[int] = []
+        trial_component: str | None = None
+        lane = self._lane
+        while lane and lane[0][0] <= now and len(points) < self._max_batch_size:
+            point = lane[0][3]
+            if spooled and trial_component is not None and point[TRIAL_COMPONENT] != trial_component:
+                break
+            _, position, tries, point = heapq.heappop(lane)
+            trial_component = point[TRIAL_COMPONENT] if spooled else None
+            points.append(point)
+            positions.append(position)
+            attempts.append(tries)
+        room = self._max_batch_size - len(points)
+        head = self._queue.peek()
+        if room and head is not None:
+            if not spooled:
+                first_seq, queued = self._queue.take_batch(limit=room)
+                positions.extend(range(first_seq, first_seq + len(queued)))
+            elif trial_component is None or head[TRIAL_COMPONENT] == trial_component:
+                trial_component = head[TRIAL_COMPONENT]
+                _, queued = self._queue.take_batch(limit=room, same_key=TRIAL_COMPONENT)
+                positions.extend(p[ROW_ID] for p in queued)
+            else:
+                queued = []
+            points.extend(queued)
+            attempts.extend([0] * len(queued))
+        if not points:
+            return None
+        return _Group(points, positions, attempts, trial_component or self._trial_component)
 
     def _nothing_left_to_send(self) -> bool:
         """Whether the queue can still receive points (always false without a spool)."""
@@ -788,12 +855,23 @@ class MetricsLogger:
 
     async def _wait_until_batch_due(self) -> None:
         queue = self._queue
+        lane = self._lane
         while True:
             if queue and self._queue_head_position() < self._urgent_seq:
                 return  # flush() or close: partial batches go now
-            if not queue and self._state is not _State.RUNNING and self._nothing_left_to_send():
+            if (
+                not queue
+                and not lane
+                and not self._groups
+                and self._state is not _State.RUNNING
+                and self._nothing_left_to_send()
+            ):
                 return
-            delay = queue.seconds_until_due(time.time())
+            now = time.time()
+            delay = queue.seconds_until_due(now)
+            if lane:
+                resend_in = max(0.0, lane[0][0] - now)
+                delay = resend_in if delay is None else min(delay, resend_in)
             if delay == 0.0:
                 return
             await self._sleep_until_woken(delay)
@@ -877,90 +955,78 @@ class MetricsLogger:
         return f"not delivered within delivery_timeout ({self._delivery_timeout:g} s) of being logged"
 
     async def _deliver(self, group: _Group) -> None:
-        """Sends one batch until every point is delivered or failed for good.
+        """Sends one batch; after a whole-request failure, retries it under tenacity.
 
-        Called holding an in-flight slot. While it backs off after per-index errors it lets
-        the slot go (and takes one again to resend); after a whole-request failure it keeps
-        it, so a struggling service sees at most max_in_flight batches. Never raises (except
-        cancellation): a failure of any kind ends as FailedMetric records (or, with a spool,
-        as points kept on disk), so the flusher survives.
+        Holds its in-flight slot throughout, backoff included, so a struggling service sees
+        at most max_in_flight batches. Points the service answers INTERNAL_ERROR or
+        CONFLICT_ERROR for go to the resend lane instead, and the slot to the next batch.
+        Never raises (except cancellation): a failure of any kind ends as FailedMetric
+        records (or, with a spool, as points kept on disk), so the flusher survives.
         """
         assert self._slots is not None
-        holding_slot = True
         try:
             try:
                 # The first attempt runs outside tenacity: most batches need no other, and
                 # building a retry loop for each one would cost more than the rest of the
                 # logger's work per request.
                 await self._send(group)
-                resend = None
             except _Resend as first_failure:
-                if not first_failure.whole_request:
-                    self._slots.release()
-                    holding_slot = False
-                resend = first_failure
-            if resend is not None:
-                slot, holding_slot = holding_slot, False  # the slot, if held, passes to _resend
-                await self._resend(group, resend, slot)
+                await self._retry_request(group, first_failure)
         except _Resend as exhausted:
-            by_code: dict[str, list[Point]] = {}
-            for point, code in zip(group.points, exhausted.codes, strict=True):
-                by_code.setdefault(code, []).append(point)
-            for code, points in by_code.items():
-                self._give_up(
-                    points,
-                    code,
-                    f"gave up after {group.attempts} attempts: {exhausted.message}",
-                    group.attempts,
-                )
+            self._give_up_group(group, exhausted)
         except Exception as exc:  # a bug here must not take the flusher down
             log.exception("metricsbuf: unexpected error while delivering a batch")
             self._fail_points(group.points, type(exc).__name__, f"unexpected error: {exc!r}", group.attempts)
         finally:
-            if holding_slot:
-                self._slots.release()
+            self._slots.release()
         # Not reached when cancelled at the close deadline: the group stays for the close report.
         group.points = []
         self._groups.discard(group)
         self._notify_progress()
+        if not self._groups and self._wakeup is not None:
+            self._wakeup.set()  # closing: the flusher may be waiting for the last batch to finish
 
-    async def _resend(self, group: _Group, first_failure: _Resend, holding_slot: bool) -> None:
-        """Retries under tenacity after a failed first attempt; raises _Resend when the budget is spent.
+    async def _retry_request(self, group: _Group, first_failure: _Resend) -> None:
+        """Resends the whole batch with tenacity's backoff; raises _Resend when the budget is spent."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._max_attempts),
+            wait=self._backoff_for(group),
+            retry=retry_if_exception_type(_Resend),
+            sleep=anyio.sleep,
+            reraise=True,
+        )
+        group.last_failure = first_failure
+        async for attempt in retrying:
+            with attempt:
+                if attempt.retry_state.attempt_number == 1:
+                    raise first_failure  # tenacity's attempt 1 is the one already made
+                # A point that was resent from the lane may reach its budget before the others.
+                exhausted = [a >= self._max_attempts for a in group.attempts]
+                if any(exhausted):
+                    spent = _Group(
+                        [p for p, e in zip(group.points, exhausted, strict=True) if e],
+                        [],
+                        [a for a, e in zip(group.attempts, exhausted, strict=True) if e],
+                        group.trial_component,
+                    )
+                    self._give_up_group(spent, group.last_failure)
+                    group.keep([not e for e in exhausted])
+                try:
+                    await self._send(group)
+                except _Resend as again:
+                    group.last_failure = again
+                    raise
 
-        Releases its slot (if any) before returning or raising.
-        """
-        assert self._slots is not None
-        try:
-            retrying = AsyncRetrying(
-                stop=stop_after_attempt(self._max_attempts),
-                wait=self._backoff_for(group),
-                retry=retry_if_exception_type(_Resend),
-                sleep=anyio.sleep,
-                reraise=True,
+    def _give_up_group(self, group: _Group, failure: _Resend) -> None:
+        for attempts in sorted(set(group.attempts)):
+            points = [p for p, a in zip(group.points, group.attempts, strict=True) if a == attempts]
+            self._give_up(
+                points, failure.code, f"gave up after {attempts} attempts: {failure.message}", attempts
             )
-            async for attempt in retrying:
-                with attempt:
-                    if attempt.retry_state.attempt_number == 1:
-                        raise first_failure  # tenacity's attempt 1 is the one already made
-                    if not holding_slot:
-                        await self._slots.acquire()
-                        holding_slot = True
-                    try:
-                        await self._send(group)
-                    except _Resend as again:
-                        if not again.whole_request:
-                            self._slots.release()
-                            holding_slot = False
-                        raise
-        finally:
-            if holding_slot:
-                self._slots.release()
 
     def _backoff_for(self, group: _Group) -> Any:
         """Exponential backoff with jitter, never sleeping past the group's last delivery deadline."""
-        backoff = wait_exponential_jitter(
-            multiplier=self._backoff_initial, max=self._backoff_max, jitter=self._backoff_initial
-        )
+        backoff = self._backoff
 
         def wait(retry_state: RetryCallState) -> float:
             delay = backoff(retry_state)
@@ -972,18 +1038,19 @@ class MetricsLogger:
         return wait
 
     async def _send(self, group: _Group) -> None:
-        """One attempt. Raises _Resend if some points must be sent again."""
+        """One attempt. Raises _Resend if the whole request must be sent again."""
         deadline = time.time() - self._delivery_timeout
         if any(p[LOGGED_AT] < deadline for p in group.points):
-            expired = [p for p in group.points if p[LOGGED_AT] < deadline]
-            group.points = [p for p in group.points if p[LOGGED_AT] >= deadline]
-            self._give_up(expired, DELIVERY_TIMEOUT, self._timeout_message(), group.attempts)
+            fresh = [p[LOGGED_AT] >= deadline for p in group.points]
+            expired = [(p, a) for p, a, f in zip(group.points, group.attempts, fresh, strict=True) if not f]
+            group.keep(fresh)
+            for point, attempts in expired:
+                self._give_up([point], DELIVERY_TIMEOUT, self._timeout_message(), attempts)
         points = group.points
         if not points:
             return
-        if group.attempts:
-            self._retried += len(points)
-        group.attempts += 1
+        self._retried += sum(1 for a in group.attempts if a)
+        group.attempts = [a + 1 for a in group.attempts]
         self._requests += 1
         metric_data = [
             {"MetricName": p[NAME], "Timestamp": p[TIMESTAMP], "Value": p[VALUE]}
@@ -1002,7 +1069,7 @@ class MetricsLogger:
             failure = classify_exception(exc)
             group.maybe_stored = failure.ambiguous
             if failure.retryable:
-                raise _Resend([failure.code] * len(points), failure.message, whole_request=True) from exc
+                raise _Resend(failure.code, failure.message) from exc
             self._fail_points(points, failure.code, failure.message, group.attempts)
             group.points = []
             return
@@ -1010,6 +1077,7 @@ class MetricsLogger:
         self._apply_response(group, response)
 
     def _apply_response(self, group: _Group, response: object) -> None:
+        """Settles each point of an answered request: delivered, failed, or into the resend lane."""
         points = group.points
         errors = response.get("Errors") if isinstance(response, dict) else None
         codes: dict[int, str] = {}
@@ -1023,41 +1091,53 @@ class MetricsLogger:
                     "metricsbuf: ignoring a malformed Errors entry in a response: %r",
                     error,
                 )
+        group.points = []
         if not codes:
             self._delivered += len(points)
             if self._spool is not None:
                 self._spool.delivered(points)
             self._settle(len(points))
-            group.points = []
             return
-        resend: list[Point] = []
-        resend_codes: list[str] = []
-        final: dict[str, list[Point]] = {}
-        for index, point in enumerate(points):
-            code = codes.get(index)
-            if code is None:
-                continue
-            if code in RETRYABLE_INDEX_CODES:
-                resend.append(point)
-                resend_codes.append(code)
-            else:  # FINAL_INDEX_CODES, and any code this version does not know: never resent blindly
-                final.setdefault(code, []).append(point)
-        delivered = len(points) - len(resend) - sum(len(p) for p in final.values())
-        self._delivered += delivered
+        delivered = [p for i, p in enumerate(points) if i not in codes]
+        self._delivered += len(delivered)
         if self._spool is not None:
-            self._spool.delivered([p for i, p in enumerate(points) if i not in codes])
-        self._settle(delivered)
-        for code, failed in final.items():
-            known = "" if code in FINAL_INDEX_CODES else " (unknown code: not retried)"
-            self._fail_points(
-                failed, code, f"the service rejected the point with {code}{known}", group.attempts
-            )
-        group.points = resend
+            self._spool.delivered(delivered)
+        self._settle(len(delivered))
+        resend: list[tuple[int, int, Point]] = []
+        for index, code in sorted(codes.items()):
+            point, attempts = points[index], group.attempts[index]
+            if code in RETRYABLE_INDEX_CODES:
+                if attempts < self._max_attempts:
+                    resend.append((group.positions[index], attempts, point))
+                else:
+                    self._give_up(
+                        [point],
+                        code,
+                        f"gave up after {attempts} attempts: the service answered {code}",
+                        attempts,
+                    )
+            else:  # FINAL_INDEX_CODES, and any code this version does not know: never resent blindly
+                known = "" if code in FINAL_INDEX_CODES else " (unknown code: not retried)"
+                self._fail_points(
+                    [point], code, f"the service rejected the point with {code}{known}", attempts
+                )
         if resend:
-            message = "the service answered " + "/".join(sorted(set(resend_codes)))
-            raise _Resend(resend_codes, message, whole_request=False)
+            # Only these indices go again, together, after tenacity's backoff for their attempt count.
+            delay = self._backoff(_AttemptNumber(max(attempts for _, attempts, _ in resend)))  # type: ignore[arg-type]
+            ready_at = time.time() + delay
+            for position, attempts, point in resend:
+                heapq.heappush(self._lane, (ready_at, position, attempts, point))
+            wakeup = self._wakeup
+            if wakeup is not None:
+                wakeup.set()  # the flusher sleeps until the lane's head is due
 
-    def _fail_points(self, points: list[Point], code: str, message: str, attempts: int) -> None:
+    def _fail_points(self, points: list[Point], code: str, message: str, attempts: int | list[int]) -> None:
+        """Records points as failed for good; ``attempts`` is one count for all, or one per point."""
+        if isinstance(attempts, list):
+            for count in sorted(set(attempts)):
+                same = [p for p, a in zip(points, attempts, strict=True) if a == count]
+                self._fail_points(same, code, message, count)
+            return
         if points:
             self._failed += self._reporter.report(points, code, message, attempts)
             if self._spool is not None and len(points[0]) > ROW_ID:

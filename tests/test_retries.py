@@ -267,3 +267,28 @@ async def test_whole_request_failures_keep_the_slot_while_backing_off() -> None:
         await metrics.flush()
     names = [r[0]["MetricName"] for r in client.requests]
     assert names == ["first", "first", "first", "first", "second"]
+
+
+async def test_resends_ride_in_the_next_batch_with_fresh_points() -> None:
+    # After per-index errors, only those points go again, and they fill the next request up
+    # with queued points instead of taking a request of their own.
+    def handler(number: int, data: list[dict[str, Any]]) -> dict[str, Any] | None:
+        if number == 0:
+            return errors((2, "INTERNAL_ERROR"), (7, "CONFLICT_ERROR"))
+        return None
+
+    client = FakeClient(handler)
+    async with MetricsLogger(
+        "run-1", client=client, flush_interval=3600, backoff_initial=0.2, backoff_max=0.2
+    ) as metrics:
+        await log_steps(metrics, 10)
+        await asyncio.sleep(0.02)  # answered; the two resends wait out their backoff
+        for step in range(10, 18):  # a partial batch: it would wait for flush_interval
+            await metrics.log("loss", float(step), step=step)
+        await asyncio.sleep(0.5)
+        assert len(client.requests) == 2  # the resends went when due, with the queued points
+    assert [sorted(p["Step"] for p in r) for r in client.requests] == [
+        list(range(10)),
+        [2, 7, *range(10, 18)],
+    ]
+    assert metrics.stats.retried == 2 and metrics.stats.delivered == 18
