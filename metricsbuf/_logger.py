@@ -39,6 +39,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
@@ -520,12 +521,7 @@ class MetricsLogger:
             self._raise_not_running()
         point = self._make_point(name, value, step, timestamp, time.time())
         if point is not None:
-            if self._held >= self._max_buffered and not self._spill_to_disk():
-                if self._on_full == "block" or self._waits_for_disk():
-                    await self._wait_for_room()
-                elif not self._make_room(point):
-                    return
-            self._enqueue(point)
+            await self._accept(point)
 
     async def log_many(
         self,
@@ -548,14 +544,17 @@ class MetricsLogger:
         now = time.time()
         points = [self._make_point(name, value, step, timestamp, now) for name, value in metrics.items()]
         for point in points:
-            if point is None:
-                continue
-            if self._held >= self._max_buffered and not self._spill_to_disk():
-                if self._on_full == "block" or self._waits_for_disk():
-                    await self._wait_for_room()
-                elif not self._make_room(point):
-                    continue
-            self._enqueue(point)
+            if point is not None:
+                await self._accept(point)
+
+    async def _accept(self, point: Point) -> None:
+        """Queues a valid point, first applying max_buffered: spill to disk, wait for room, or on_full."""
+        if self._held >= self._max_buffered and not self._spill_to_disk():
+            if self._on_full == "block" or self._waits_for_disk():
+                await self._wait_for_room()
+            elif not self._make_room(point):
+                return
+        self._enqueue(point)
 
     def log_nowait(
         self, name: str, value: float, *, step: int | None = None, timestamp: datetime | float | None = None
@@ -810,6 +809,10 @@ class MetricsLogger:
                     continue
                 self._groups.add(group)
                 task_group.start_soon(self._deliver, group)
+                # Let the new send serialize and sign (most of a request's CPU) before the next
+                # one starts, so that several sends never pile into one loop iteration and stall
+                # other tasks for several milliseconds.
+                await anyio.lowlevel.checkpoint()
 
     def _take_batch(self, now: float) -> _Group | None:
         """Resends that are due first, then queued points: up to max_batch_size, one trial component."""
