@@ -2,19 +2,20 @@
 
 Architecture (one logger):
 
-    log() / log_many() / log_nowait()          the caller's task: validate, count, append
-            │
+    log() / log_many() / log_nowait()      the caller's task: validate, count, append a tuple
+            │                                  (with spool_dir: staged, then written to disk by
+            ▼                                   the spooler task before it may be sent; _spooling.py)
+    PointQueue (_buffer.py)                 FIFO, bounded with everything else held by max_buffered
+            │   a batch leaves when full, when its oldest point has waited flush_interval, or at
+            │   once during flush()/close; the flusher takes an in-flight slot first, then the batch
             ▼
-    PointQueue (_buffer.py)                     FIFO of plain tuples, bounded with the rest by max_buffered
-            │   a batch leaves when full, when its oldest point has waited flush_interval,
-            │   or at once during flush()/close
-            ▼
-    flusher task ──► up to max_in_flight _deliver() tasks, each owning one batch ("group")
-                        │  tenacity.AsyncRetrying: resend only the INTERNAL_ERROR / CONFLICT_ERROR
-                        │  indices (or the whole batch after a transient request failure) with
-                        │  exponential backoff and jitter, releasing its in-flight slot while it waits
-                        ▼
-                 delivered, or failed for good ──► FailureReporter (failures, on_failure, logging)
+    flusher ──► up to max_in_flight _deliver() tasks, each sending one batch ("group")
+                   │  whole-request failure (throttling, 5xx, connection): the batch is retried
+                   │  under tenacity.AsyncRetrying, keeping its slot while it backs off
+                   │  INTERNAL_ERROR / CONFLICT_ERROR at an index: only that point goes to the
+                   │  resend lane, waits out tenacity's backoff and rides in a later batch
+                   ▼
+            delivered, or failed for good ──► FailureReporter (failures, on_failure, logging)
 
 The flusher is an asyncio task of its own rather than a child of the caller's task group:
 it has to outlive a cancelled caller long enough to drain (``close_timeout``), and
@@ -44,9 +45,6 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from tenacity.wait import wait_exponential_jitter
 
 from . import _validation as v
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
 from ._buffer import LOGGED_AT, NAME, STEP, TIMESTAMP, VALUE, Point, PointQueue
 from ._client import MetricsClient, open_own_client, warn_if_client_retries
 from ._exceptions import BufferFullError, InvalidMetricError, LoggerClosedError, MetricsBufError
@@ -55,6 +53,9 @@ from ._reporting import FailureCallback, FailureReporter, log
 from ._retry_policy import FINAL_INDEX_CODES, RETRYABLE_INDEX_CODES, classify_exception
 from ._spool import SpoolError
 from ._spooling import ROW_ID, TRIAL_COMPONENT, SpoolCoordinator
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 ON_FULL_POLICIES = ("block", "drop_newest", "drop_oldest", "raise")
 NON_FINITE_POLICIES = ("drop", "raise")
@@ -341,7 +342,8 @@ class MetricsLogger:
             self._state = _State.CLOSED
             await self._stack.aclose()
             raise
-        self._slots = anyio.Semaphore(self._max_in_flight)
+        # fast_acquire: taking a free slot needs no trip through the event loop (once per batch).
+        self._slots = anyio.Semaphore(self._max_in_flight, fast_acquire=True)
         self._wakeup = anyio.Event()
         self._flusher_done = anyio.Event()
         self._closed_event = anyio.Event()
