@@ -257,7 +257,6 @@ class MetricsLogger:
 
         self._state = _State.NEW
         self._accepting = False  # RUNNING and the flusher alive
-        self._fast_path_open = False  # accepting, and no spool: log() may take its inline path
         self._queue = PointQueue(self._max_batch_size, self._flush_interval)
         self._queue_append = self._queue.append
         # Points the service answered INTERNAL_ERROR / CONFLICT_ERROR for, waiting out their
@@ -352,7 +351,6 @@ class MetricsLogger:
         )
         self._flusher.add_done_callback(self._on_flusher_done)
         self._accepting = True
-        self._fast_path_open = self._spool is None
 
     async def aclose(self) -> None:
         """Stops intake and drains within ``close_timeout``; what is still held then fails with CLOSE_TIMEOUT.
@@ -377,7 +375,7 @@ class MetricsLogger:
             self._raise_if_fatal()
             return
         self._state = _State.CLOSING
-        self._accepting = self._fast_path_open = False
+        self._accepting = False
         self._urgent_seq = _EVERYTHING
         self._wake_all()
         with anyio.CancelScope(shield=True):
@@ -452,7 +450,7 @@ class MetricsLogger:
             while isinstance(fatal, BaseExceptionGroup) and len(fatal.exceptions) == 1:
                 fatal = fatal.exceptions[0]
             self._fatal = fatal
-            self._accepting = self._fast_path_open = False
+            self._accepting = False
             log.error("metricsbuf: the background flusher died", exc_info=self._fatal)
         assert self._flusher_done is not None
         self._flusher_done.set()
@@ -496,10 +494,10 @@ class MetricsLogger:
             LoggerClosedError: the logger is closed.
         """
         # The fast path: the usual call (a float, a known name, an int step or none, no
-        # timestamp, room in memory, no spool) is checked and queued inline. Anything else
-        # takes the general path below, which applies the same rules.
+        # timestamp, room in memory) is checked and queued inline (with a spool: staged).
+        # Anything else takes the general path below, which applies the same rules.
         if (
-            self._fast_path_open
+            self._accepting
             and type(value) is float
             and value - value == 0.0  # finite: inf - inf and nan - nan are nan
             and type(name) is str
@@ -508,10 +506,13 @@ class MetricsLogger:
             and (step is None or (type(step) is int and 0 <= step <= _MAX_STEP))
             and self._held < self._max_buffered
         ):
+            now = time.time()
+            if self._spool is not None:
+                self._stage((name, value, step, now, now))
+                return
             self._logged += 1
             self._held += 1
             queue = self._queue
-            now = time.time()
             queue.append((name, value, step, now, now))
             length = len(queue)
             if length == 1 or length == self._max_batch_size:
@@ -619,8 +620,10 @@ class MetricsLogger:
         assert spool is not None
         self._logged += 1
         self._held += 1
-        spool.stage(point)
-        staged = len(spool.staged)
+        staged_points = spool.staged
+        staged_points.append(point)
+        spool.next_id += 1  # staged points take the next ids, in order
+        staged = len(staged_points)
         if staged == 1 or staged % self._max_batch_size == 0:
             wakeup = self._spool_wakeup
             if wakeup is not None:

@@ -96,10 +96,6 @@ class SpoolCoordinator:
 
     # -- the logger's hooks ------------------------------------------------------------------
 
-    def stage(self, point: Point) -> None:
-        self.staged.append(point)
-        self.next_id += 1
-
     def delivered(self, points: list[Any]) -> None:
         self._delete_ids.extend(p[ROW_ID] for p in points)
         self._note_unsettled()
