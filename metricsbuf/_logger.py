@@ -7,11 +7,11 @@ Architecture (one logger):
             ▼                                   the spooler task before it may be sent; _spooling.py)
     PointQueue (_buffer.py)                 FIFO, bounded with everything else held by max_buffered
             │   a batch leaves when full, when its oldest point has waited flush_interval, or at
-            │   once during flush()/close; the flusher takes an in-flight slot first, then the batch
+            │   once during flush()/close; a sender takes a batch only when it is free
             ▼
-    flusher ──► up to max_in_flight _deliver() tasks, each sending one batch ("group")
+    flusher ──► max_in_flight long-lived senders, each sending one batch ("group") at a time
                    │  whole-request failure (throttling, 5xx, connection): the batch is retried
-                   │  under tenacity.AsyncRetrying, keeping its slot while it backs off
+                   │  under tenacity.AsyncRetrying, keeping its sender while it backs off
                    │  INTERNAL_ERROR / CONFLICT_ERROR at an index: only that point goes to the
                    │  resend lane, waits out tenacity's backoff and rides in a later batch
                    ▼
@@ -276,12 +276,12 @@ class MetricsLogger:
 
         # Created in start(), on the running event loop.
         self._stack: contextlib.AsyncExitStack | None = None
-        self._slots: anyio.Semaphore | None = None
         self._wakeup: anyio.Event | None = None  # wakes the flusher
         self._spool_wakeup: anyio.Event | None = None  # wakes the spooler
         self._room: anyio.Event | None = None  # wakes producers blocked on max_buffered
         self._progress: anyio.Event | None = None  # wakes flush() waiters
         self._flusher: asyncio.Task[None] | None = None
+        self._take_turn: anyio.Lock | None = None  # the idle sender whose turn it is to wait for a batch
         self._flusher_done: anyio.Event | None = None
         self._fatal: BaseException | None = None
         self._closed_event: anyio.Event | None = None
@@ -341,9 +341,8 @@ class MetricsLogger:
             self._state = _State.CLOSED
             await self._stack.aclose()
             raise
-        # fast_acquire: taking a free slot needs no trip through the event loop (once per batch).
-        self._slots = anyio.Semaphore(self._max_in_flight, fast_acquire=True)
         self._wakeup = anyio.Event()
+        self._take_turn = anyio.Lock(fast_acquire=True)
         self._flusher_done = anyio.Event()
         self._closed_event = anyio.Event()
         self._flusher = asyncio.get_running_loop().create_task(
@@ -788,36 +787,48 @@ class MetricsLogger:
         self._notify_progress()
 
     async def _run_flusher(self) -> None:
-        """Dispatches batches; with a spool, a sibling task (the spooler) does the disk I/O."""
-        assert self._slots is not None
-        spool = self._spool
+        """Runs max_in_flight senders (and, with a spool, the spooler) until the logger closes."""
         async with anyio.create_task_group() as task_group:
-            if spool is not None:
+            if self._spool is not None:
                 task_group.start_soon(self._run_spooler)
-            while True:
+            for _ in range(self._max_in_flight):
+                task_group.start_soon(self._run_sender)
+
+    async def _run_sender(self) -> None:
+        """One in-flight slot: takes a batch when one is due, sends it (retries included), repeats.
+
+        A sender takes its batch only once it is free, so while every sender is busy the next
+        batch keeps filling. Long-lived senders rather than a task per batch: spawning one
+        cost more CPU than the rest of the logger's own work per request.
+        """
+        spool = self._spool
+        assert self._take_turn is not None
+        while True:
+            # One idle sender at a time waits for the next batch; the others queue behind it
+            # on the lock, so a wake-up does not stir every idle sender.
+            async with self._take_turn:
                 await self._wait_until_batch_due()
-                if not self._queue and not self._lane:
-                    if (
-                        self._state is not _State.RUNNING
-                        and not self._groups
-                        and self._nothing_left_to_send()
-                    ):
-                        break  # closing, nothing to send, nothing in flight that could need a resend
-                    continue
-                # Take the slot first, then the batch: while every slot is busy the batch keeps filling.
-                await self._slots.acquire()
                 if spool is None:
                     self._expire_queued()
                 group = self._take_batch(time.time())
-                if group is None:
-                    self._slots.release()
-                    continue
-                self._groups.add(group)
-                task_group.start_soon(self._deliver, group)
-                # Let the new send serialize and sign (most of a request's CPU) before the next
-                # one starts, so that several sends never pile into one loop iteration and stall
-                # other tasks for several milliseconds.
-                await anyio.lowlevel.checkpoint()
+            if group is None:
+                if (
+                    self._state is not _State.RUNNING
+                    and not self._queue
+                    and not self._lane
+                    and not self._groups
+                    and self._nothing_left_to_send()
+                ):
+                    if self._wakeup is not None:
+                        self._wakeup.set()  # so the next sender in line sees it too
+                    return  # closing, nothing to send, nothing in flight that could need a resend
+                continue
+            self._groups.add(group)
+            await self._deliver(group)
+            # Let other tasks run between one request's answer and the next request's
+            # serialization and signing (most of its CPU): sends then never pile into one
+            # loop iteration and stall the training loop for milliseconds.
+            await anyio.lowlevel.checkpoint()
 
     def _take_batch(self, now: float) -> _Group | None:
         """Resends that are due first, then queued points: up to max_batch_size, one trial component."""
@@ -965,13 +976,12 @@ class MetricsLogger:
     async def _deliver(self, group: _Group) -> None:
         """Sends one batch; after a whole-request failure, retries it under tenacity.
 
-        Holds its in-flight slot throughout, backoff included, so a struggling service sees
-        at most max_in_flight batches. Points the service answers INTERNAL_ERROR or
-        CONFLICT_ERROR for go to the resend lane instead, and the slot to the next batch.
+        Keeps its sender (its in-flight slot) throughout, backoff included, so a struggling
+        service sees at most max_in_flight batches. Points the service answers INTERNAL_ERROR
+        or CONFLICT_ERROR for go to the resend lane instead, and the sender to the next batch.
         Never raises (except cancellation): a failure of any kind ends as FailedMetric
-        records (or, with a spool, as points kept on disk), so the flusher survives.
+        records (or, with a spool, as points kept on disk), so the senders survive.
         """
-        assert self._slots is not None
         try:
             try:
                 # The first attempt runs outside tenacity: most batches need no other, and
@@ -985,14 +995,12 @@ class MetricsLogger:
         except Exception as exc:  # a bug here must not take the flusher down
             log.exception("metricsbuf: unexpected error while delivering a batch")
             self._fail_points(group.points, type(exc).__name__, f"unexpected error: {exc!r}", group.attempts)
-        finally:
-            self._slots.release()
         # Not reached when cancelled at the close deadline: the group stays for the close report.
         group.points = []
         self._groups.discard(group)
         self._notify_progress()
         if not self._groups and self._wakeup is not None:
-            self._wakeup.set()  # closing: the flusher may be waiting for the last batch to finish
+            self._wakeup.set()  # closing: idle senders may be waiting for the last batch to finish
 
     async def _retry_request(self, group: _Group, first_failure: _Resend) -> None:
         """Resends the whole batch with tenacity's backoff; raises _Resend when the budget is spent."""
