@@ -811,6 +811,13 @@ class MetricsLogger:
                 if spool is None:
                     self._expire_queued()
                 group = self._take_batch(time.time())
+                if group is not None:
+                    self._groups.add(group)  # at once: flush() must see its points held
+                    # Still holding the turn, let one loop iteration pass: sends then start at
+                    # most one per iteration, so the serialization and signing of several
+                    # requests (most of their ~0.8 ms of CPU each) never pile into one iteration
+                    # and stall the training loop for milliseconds.
+                    await anyio.lowlevel.checkpoint()
             if group is None:
                 if (
                     self._state is not _State.RUNNING
@@ -823,12 +830,7 @@ class MetricsLogger:
                         self._wakeup.set()  # so the next sender in line sees it too
                     return  # closing, nothing to send, nothing in flight that could need a resend
                 continue
-            self._groups.add(group)
             await self._deliver(group)
-            # Let other tasks run between one request's answer and the next request's
-            # serialization and signing (most of its CPU): sends then never pile into one
-            # loop iteration and stall the training loop for milliseconds.
-            await anyio.lowlevel.checkpoint()
 
     def _take_batch(self, now: float) -> _Group | None:
         """Resends that are due first, then queued points: up to max_batch_size, one trial component."""
