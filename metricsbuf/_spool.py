@@ -155,10 +155,18 @@ class Spool:
         lock_fd = None if read_only else _take_lock(folder)
         try:
             connection = _connect(db_path, read_only=read_only)
-            return cls(folder, connection, lock_fd)
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
+            raise
+        try:
+            return cls(folder, connection, lock_fd)
+        except BaseException as exc:  # release what was taken
+            connection.close()
+            if lock_fd is not None:
+                os.close(lock_fd)
+            if isinstance(exc, sqlite3.Error):
+                raise SpoolError(f"cannot read the spool {db_path}: {exc}; nothing was deleted") from exc
             raise
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -35,7 +36,10 @@ FAST = {"backoff_initial": 0.001, "backoff_max": 0.01}
 
 
 def rows(spool_dir: Path, where: str = "1") -> list[tuple[Any, ...]]:
-    with sqlite3.connect(f"{(spool_dir / 'spool.sqlite3').as_uri()}?mode=ro", uri=True) as db:
+    # closing(): a sqlite3 connection's own context manager commits but does not close.
+    with contextlib.closing(
+        sqlite3.connect(f"{(spool_dir / 'spool.sqlite3').as_uri()}?mode=ro", uri=True)
+    ) as db:
         return db.execute(f"SELECT name, step, state, code FROM points WHERE {where} ORDER BY id").fetchall()
 
 
@@ -302,8 +306,9 @@ async def test_truncated_spool_is_reported(tmp_path: Path) -> None:
 
 
 async def test_a_sqlite_file_of_something_else_is_refused(tmp_path: Path) -> None:
-    with sqlite3.connect(tmp_path / "spool.sqlite3") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "spool.sqlite3")) as db:
         db.execute("CREATE TABLE mine (x)")
+        db.commit()
     with pytest.raises(SpoolError, match="something else"):
         await MetricsLogger("run-1", client=FakeClient(), spool_dir=tmp_path).start()
 
