@@ -723,6 +723,9 @@ class MetricsLogger:
 
         Positions are sequence numbers of the queue, or with a spool, row ids.
         """
+        head = self._queue_head_position()
+        if head < position:
+            return False  # the cheap, usual answer while a backlog drains: no need to scan the rest
         return self._first_unsettled() >= position
 
     def _first_unsettled(self) -> int:
