@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from ._console import Progress, bar
 from ._logger import MetricsLogger
 
 METRIC_NAMES = ("train:loss", "train:accuracy", "learning_rate", "grad_norm")
@@ -67,11 +68,9 @@ def _simulated_metrics(step: int, total: int, rng: random.Random) -> dict[str, f
 
 
 def _progress_line(step: int, total: int, metrics: MetricsLogger, started: float) -> str:
-    width = 30
-    done = int(width * step / total)
     stats = metrics.stats
     return (
-        f"[{'#' * done}{'.' * (width - done)}] step {step}/{total}  logged {stats.logged}  "
+        f"{bar(step, total)} step {step}/{total}  logged {stats.logged}  "
         f"delivered {stats.delivered}  pending {stats.pending}  requests {stats.requests}  "
         f"{time.monotonic() - started:5.1f}s"
     )
@@ -90,20 +89,14 @@ async def _run(options: DemoOptions, endpoint_url: str | None, region: str, out:
         async with MetricsLogger(
             options.trial_component, endpoint_url=endpoint_url, region_name=region, flush_interval=0.5
         ) as metrics:
-            # On a terminal the progress line redraws in place; elsewhere it prints every tenth.
-            interactive = out.isatty()
-            every = 25 if interactive else max(1, options.steps // 10)
+            progress = Progress(out, every=0.5)
             for step in range(options.steps):
                 await asyncio.sleep(options.step_seconds)  # the training step
                 await metrics.log_many(_simulated_metrics(step, options.steps, rng), step=step)
-                if (step + 1) % every == 0:
-                    line = _progress_line(step + 1, options.steps, metrics, started)
-                    out.write("\r" + line if interactive else line + "\n")
-                    out.flush()
-        out.write(
-            ("\r" if interactive else "") + _progress_line(options.steps, options.steps, metrics, started)
-        )
-        out.write("  (closed)\n\n")
+                if (step + 1) % 25 == 0:
+                    progress.update(_progress_line(step + 1, options.steps, metrics, started))
+        progress.done(_progress_line(options.steps, options.steps, metrics, started) + "  (closed)")
+        out.write("\n")
         stats = metrics.stats
 
         described = await sagemaker.describe_trial_component(TrialComponentName=options.trial_component)

@@ -181,7 +181,7 @@ class Spool:
     def stream_id(self, trial_component: str) -> int:
         stream_id = self._streams.get(trial_component)
         if stream_id is None:
-            with self._write_errors():
+            with self._errors("write"):
                 cursor = self._db.execute(
                     "INSERT INTO streams(trial_component) VALUES (?)", (trial_component,)
                 )
@@ -210,7 +210,7 @@ class Spool:
         have consecutive ids ending there), or 0 if there were none.
         """
         last_id = 0
-        with self._write_errors():
+        with self._errors("write"):
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -234,7 +234,7 @@ class Spool:
 
     def load(self, *, after_id: int, limit: int) -> list[SpoolRow]:
         """Pending points with an id above ``after_id``, oldest first."""
-        with self._read_errors():
+        with self._errors("read"):
             document = self._db.execute(_LOAD_POINTS, (after_id, limit)).fetchone()[0]
         rows = json.loads(document) if document else []
         names = self._stream_names
@@ -242,26 +242,26 @@ class Spool:
 
     def next_row_id(self) -> int:
         """The id the next appended point will get (AUTOINCREMENT never reuses one)."""
-        with self._read_errors():
+        with self._errors("read"):
             row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'points'").fetchone()
         return int(row[0]) + 1 if row else 1
 
     def count_pending(self) -> int:
-        with self._read_errors():
+        with self._errors("read"):
             return int(self._db.execute("SELECT count(*) FROM points WHERE state = 0").fetchone()[0])
 
     def count_dead(self) -> int:
-        with self._read_errors():
+        with self._errors("read"):
             return int(self._db.execute("SELECT count(*) FROM points WHERE state = 1").fetchone()[0])
 
     def used_bytes(self) -> int:
         """Bytes the store's live pages take (freed pages are reused, not counted)."""
-        with self._read_errors():
+        with self._errors("read"):
             return int(self._db.execute(_USED_BYTES).fetchone()[0])
 
     def retry_dead(self) -> int:
         """Turns every dead letter back into a pending point (moved to the end of the line)."""
-        with self._write_errors():
+        with self._errors("write"):
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -279,7 +279,7 @@ class Spool:
 
     def summary(self) -> list[SpoolSummaryRow]:
         """Pending and dead points per trial component and metric."""
-        with self._read_errors():
+        with self._errors("read"):
             rows = self._db.execute(
                 "SELECT s.trial_component, p.name, p.state, p.code, count(*) FROM points p "
                 "JOIN streams s ON s.id = p.stream GROUP BY 1, 2, 3, 4 ORDER BY 1, 2"
@@ -301,7 +301,7 @@ class Spool:
         return list(table.values())
 
     def dead_letters(self, limit: int = 20) -> list[tuple[str, str, int | None, str, str, int]]:
-        with self._read_errors():
+        with self._errors("read"):
             rows = self._db.execute(
                 "SELECT s.trial_component, p.name, p.step, p.code, p.message, p.attempts FROM points p "
                 "JOIN streams s ON s.id = p.stream WHERE p.state = 1 ORDER BY p.id LIMIT ?",
@@ -312,18 +312,12 @@ class Spool:
     # -- errors -----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _write_errors(self) -> Any:
+    def _errors(self, verb: str) -> Any:
+        """Turns sqlite3's errors into a SpoolError naming the path and what was being done."""
         try:
             yield
         except sqlite3.Error as exc:
-            raise SpoolError(f"cannot write the spool {self.path}: {exc}") from exc
-
-    @contextlib.contextmanager
-    def _read_errors(self) -> Any:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise SpoolError(f"cannot read the spool {self.path}: {exc}") from exc
+            raise SpoolError(f"cannot {verb} the spool {self.path}: {exc}") from exc
 
 
 def _take_lock(folder: Path) -> int:

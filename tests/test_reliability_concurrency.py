@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 from reliability_support import (
+    FAST_RETRIES,
     MIXED_FAULTS,
     Key,
     RecordingService,
@@ -30,12 +31,6 @@ from metricsbuf import MetricsLogger
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-FAST_RETRIES: dict[str, Any] = {
-    "max_attempts": 25,
-    "backoff_initial": 0.005,
-    "backoff_max": 0.1,
-    "flush_interval": 0.05,
-}
 
 
 async def test_many_loggers_share_one_client() -> None:

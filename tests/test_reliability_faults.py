@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 from reliability_support import (
+    FAST_RETRIES,
     MIXED_FAULTS,
     Key,
     RecordingService,
@@ -30,15 +31,6 @@ from metricsbuf import MetricsLogger
 TC = "reliability-run-0001"
 DAY = 24 * 3600.0
 RETRYABLE = {"INTERNAL_ERROR", "CONFLICT_ERROR"}
-
-# Small backoff so that thousands of retries fit in seconds; enough attempts that nothing
-# fails: under the mix a send fails with probability about 0.27, so 25 in a row about 1e-14.
-FAST_RETRIES: dict[str, Any] = {
-    "max_attempts": 25,
-    "backoff_initial": 0.005,
-    "backoff_max": 0.1,
-    "flush_interval": 0.05,
-}
 
 
 async def test_mixed_faults_store_every_point_exactly_once() -> None:
