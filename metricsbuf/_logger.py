@@ -35,7 +35,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any
 
@@ -62,6 +62,7 @@ NON_FINITE_POLICIES = ("drop", "raise")
 # How long aclose() waits for cancelled sends to unwind after close_timeout, before it
 # accounts for them anyway; exit stays within close_timeout plus about this much.
 _CANCEL_GRACE = 2.0
+_UTC = timezone.utc
 _MAX_STEP = v.MAX_STEP  # a module global: one lookup on the hot path
 # A position above every point's: flush everything.
 _EVERYTHING = 1 << 62
@@ -1073,10 +1074,20 @@ class MetricsLogger:
         self._retried += sum(1 for a in group.attempts if a)
         group.attempts = [a + 1 for a in group.attempts]
         self._requests += 1
+        # Timestamps go as aware UTC datetimes, not epoch floats: botocore turns a float into a
+        # datetime through dateutil's tzlocal for every point, which made serializing a 10-point
+        # request cost 185 us instead of 81 us. The bytes on the wire are the same
+        # (tests/test_batching.py checks it with botocore's own serializer).
+        fromtimestamp = datetime.fromtimestamp
         metric_data = [
-            {"MetricName": p[NAME], "Timestamp": p[TIMESTAMP], "Value": p[VALUE]}
+            {"MetricName": p[NAME], "Timestamp": fromtimestamp(p[TIMESTAMP], _UTC), "Value": p[VALUE]}
             if p[STEP] is None
-            else {"MetricName": p[NAME], "Timestamp": p[TIMESTAMP], "Value": p[VALUE], "Step": p[STEP]}
+            else {
+                "MetricName": p[NAME],
+                "Timestamp": fromtimestamp(p[TIMESTAMP], _UTC),
+                "Value": p[VALUE],
+                "Step": p[STEP],
+            }
             for p in points
         ]
         group.maybe_stored = True

@@ -105,3 +105,30 @@ async def test_several_loggers_share_one_client(client: FakeClient) -> None:
             len(r) for r, tc in zip(client.requests, client.trial_components, strict=True) if tc == f"run-{i}"
         )
         assert count == 200
+
+
+async def test_timestamps_reach_the_wire_exactly_as_botocore_sends_epoch_floats(client: FakeClient) -> None:
+    """The logger hands botocore aware UTC datetimes (cheaper for botocore to serialize than
+    floats); the request body must be byte for byte what the same points as floats give."""
+    from botocore.serialize import create_serializer
+    from botocore.session import get_session
+
+    operation = get_session().get_service_model("sagemaker-metrics").operation_model("BatchPutMetrics")
+    serializer = create_serializer("rest-json", include_validation=False)
+    now = time.time()
+    stamps = [now - 3600.0, now - 0.1234567, now - 1e-7, float(int(now) - 60), now - 86400 * 13.5]
+    async with MetricsLogger("run-1", client=client) as metrics:
+        for i, stamp in enumerate(stamps):
+            await metrics.log("loss", float(i), step=i, timestamp=stamp)
+        await metrics.log("loss", 9.0)  # the default timestamp, captured at the call
+    sent = client.stored
+    assert len(sent) == len(stamps) + 1
+    as_floats = [dict(item, Timestamp=item["Timestamp"].timestamp()) for item in sent]
+    assert [item["Timestamp"] for item in as_floats[:-1]] == pytest.approx(stamps, abs=1e-6)
+
+    def body(metric_data: list[dict[str, object]]) -> bytes:
+        params = {"TrialComponentName": "run-1", "MetricData": metric_data}
+        return serializer.serialize_to_request(params, operation)["body"]  # type: ignore[no-any-return]
+
+    as_logged = [dict(item, Timestamp=stamp) for item, stamp in zip(sent, stamps, strict=False)]
+    assert body(sent[:-1]) == body(as_logged)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 from reliability_support import (
@@ -120,7 +121,7 @@ class CorruptingClient:
 
     async def batch_put_metrics(self, **kwargs: Any) -> Any:
         data = [
-            dict(item, Timestamp=item["Timestamp"] - 15 * DAY)
+            dict(item, Timestamp=item["Timestamp"] - timedelta(seconds=15 * DAY))
             if item["MetricName"].startswith("poison")
             else item
             for item in kwargs["MetricData"]

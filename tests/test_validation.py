@@ -129,9 +129,11 @@ async def test_accepted_kinds_of_values_steps_and_timestamps(client: FakeClient)
     assert sent["decimal"]["Value"] == 1.25 and sent["decimal"]["Step"] == 2**31 - 1
     assert sent["fraction"]["Value"] == 0.25
     # a naive datetime is UTC
-    assert sent["naive"]["Timestamp"] == pytest.approx(naive.replace(tzinfo=timezone.utc).timestamp())
-    assert sent["aware"]["Timestamp"] == pytest.approx(aware.timestamp())
-    assert sent["epoch"]["Timestamp"] == NOW - 60.25
+    # Timestamps go to botocore as aware UTC datetimes (see test_batching.py for the wire bytes).
+    assert all(p["Timestamp"].tzinfo is timezone.utc for p in client.stored)
+    assert sent["naive"]["Timestamp"] == naive.replace(tzinfo=timezone.utc)
+    assert sent["aware"]["Timestamp"] == aware
+    assert sent["epoch"]["Timestamp"].timestamp() == pytest.approx(NOW - 60.25, abs=1e-6)
     assert all(type(p["Value"]) is float for p in client.stored)
 
 
@@ -141,8 +143,9 @@ async def test_default_timestamp_is_captured_at_the_call_with_subsecond_precisio
         await metrics.log("loss", 1.0)
         after = time.time()
     (point,) = client.stored
-    assert before <= point["Timestamp"] <= after
-    assert point["Timestamp"] != math.floor(point["Timestamp"]) or before == after
+    stamp = point["Timestamp"].timestamp()  # to the microsecond, as botocore sends it
+    assert before - 1e-6 <= stamp <= after + 1e-6
+    assert stamp != math.floor(stamp) or before == after
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
