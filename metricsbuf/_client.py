@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import platform
 from typing import Any, Protocol
 
 from ._exceptions import MetricsBufError
@@ -43,6 +44,7 @@ async def open_own_client(
         connect_timeout=10,
         read_timeout=60,
         max_pool_connections=max(10, max_in_flight),
+        user_agent=_user_agent(),
     )
     try:
         credentials = await session.get_credentials()
@@ -65,6 +67,23 @@ async def open_own_client(
             "no AWS region configured: pass region_name= to MetricsLogger or set AWS_DEFAULT_REGION"
         ) from exc
     return client  # type: ignore[no-any-return]
+
+
+def _user_agent() -> str:
+    """A fixed User-Agent for the logger's own client (botocore appends its own version).
+
+    Without ``Config.user_agent``, botocore rebuilds its User-Agent string twice for every
+    request (about 38 us each, 8% of a request's CPU here), although for this client it never
+    changes. A fixed one is botocore's documented override, the way the SageMaker SDK sets its own.
+    """
+    import aiobotocore
+
+    from . import __version__
+
+    return (
+        f"metricsbuf/{__version__} aiobotocore/{aiobotocore.__version__} "
+        f"Python/{platform.python_version()} {platform.system()}/{platform.release()}"
+    )
 
 
 def warn_if_client_retries(client: object) -> None:

@@ -87,3 +87,30 @@ async def test_a_caller_client_that_retries_by_itself_gets_a_warning(
         # the caller's client stays open after the logger closes
         assert quiet_client._endpoint.http_session._sessions is not None
     assert not any("retries on its own" in r.getMessage() for r in caplog.records)
+
+
+async def test_own_client_sends_a_fixed_user_agent(no_aws_config: pytest.MonkeyPatch) -> None:
+    """The own client sets Config.user_agent (botocore would rebuild the header twice a request)."""
+    from metricsbuf import __version__
+    from metricsbuf.testing import FakeMetricsService
+
+    no_aws_config.setenv("AWS_ACCESS_KEY_ID", "test")
+    no_aws_config.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    sent: list[str] = []
+
+    def record(request: object, **_: object) -> None:
+        agent = request.headers["User-Agent"]  # type: ignore[attr-defined]
+        sent.append(agent.decode() if isinstance(agent, bytes) else agent)
+
+    async with FakeMetricsService() as service:
+        url = service.endpoint_url
+        async with MetricsLogger("run-1", region_name="us-east-1", endpoint_url=url) as metrics:
+            events = metrics._client.meta.events  # type: ignore[union-attr]
+            events.register("before-send.sagemaker-metrics", record)
+            for step in range(25):
+                await metrics.log("loss", 0.5, step=step)
+        assert metrics.stats.delivered == 25 and len(service.points) == 25
+    assert len(sent) == 3 and len(set(sent)) == 1
+    (agent,) = set(sent)
+    assert agent.startswith(f"metricsbuf/{__version__} aiobotocore/")
+    assert " Python/" in agent and " botocore/" in agent  # botocore appends its own version
