@@ -8,6 +8,7 @@ import platform
 from typing import Any, Protocol
 
 from ._exceptions import MetricsBufError
+from ._pacing import StepPacer
 
 log = logging.getLogger("metricsbuf")
 
@@ -26,12 +27,14 @@ async def open_own_client(
     region_name: str | None,
     endpoint_url: str | None,
     max_in_flight: int,
+    pacer: StepPacer,
 ) -> MetricsClient:
     """Creates a client through the standard AWS credential and region chain; ``stack`` closes it.
 
     Validation is off (every point was checked at the call) and so are botocore's retries
     (the logger owns the retry budget). Missing credentials or region raise MetricsBufError now,
-    rather than as a failure of every point later.
+    rather than as a failure of every point later. ``pacer`` spreads each request's CPU work
+    over event-loop iterations (see _pacing.py) through two of aiobotocore's awaited hooks.
     """
     from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
@@ -66,6 +69,15 @@ async def open_own_client(
         raise MetricsBufError(
             "no AWS region configured: pass region_name= to MetricsLogger or set AWS_DEFAULT_REGION"
         ) from exc
+
+    async def wait_for_turn(**_: Any) -> None:
+        await pacer.turn()
+
+    # A request's CPU work comes in three stretches: building and serializing it (up to
+    # before-sign), signing and handing it to aiohttp, and parsing the response (from
+    # before-parse). aiobotocore awaits async handlers, so each stretch waits for its own turn.
+    for event in ("before-sign", "before-parse"):
+        client.meta.events.register(f"{event}.{SERVICE_NAME}.BatchPutMetrics", wait_for_turn)
     return client  # type: ignore[no-any-return]
 
 

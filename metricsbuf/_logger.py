@@ -49,6 +49,7 @@ from ._buffer import LOGGED_AT, NAME, STEP, TIMESTAMP, VALUE, Point, PointQueue
 from ._client import MetricsClient, open_own_client, warn_if_client_retries
 from ._exceptions import BufferFullError, InvalidMetricError, LoggerClosedError, MetricsBufError
 from ._models import CLOSE_TIMEOUT, DELIVERY_TIMEOUT, FLUSHER_CRASHED, SPOOL_ERROR, FailedMetric, MetricsStats
+from ._pacing import StepPacer
 from ._reporting import FailureCallback, FailureReporter, log
 from ._retry_policy import FINAL_INDEX_CODES, RETRYABLE_INDEX_CODES, classify_exception
 from ._spool import SpoolError
@@ -283,6 +284,7 @@ class MetricsLogger:
         self._progress: anyio.Event | None = None  # wakes flush() waiters
         self._flusher: asyncio.Task[None] | None = None
         self._take_turn: anyio.Lock | None = None  # the idle sender whose turn it is to wait for a batch
+        self._pacer = StepPacer()  # one heavy step of a send per event-loop iteration
         self._flusher_done: anyio.Event | None = None
         self._fatal: BaseException | None = None
         self._closed_event: anyio.Event | None = None
@@ -335,6 +337,7 @@ class MetricsLogger:
                     region_name=self._region_name,
                     endpoint_url=self._endpoint_url,
                     max_in_flight=self._max_in_flight,
+                    pacer=self._pacer,
                 )
             else:
                 warn_if_client_retries(self._client)
@@ -817,11 +820,11 @@ class MetricsLogger:
                 group = self._take_batch(time.time())
                 if group is not None:
                     self._groups.add(group)  # at once: flush() must see its points held
-                    # Still holding the turn, let one loop iteration pass: sends then start at
-                    # most one per iteration, so the serialization and signing of several
-                    # requests (most of their ~0.8 ms of CPU each) never pile into one iteration
-                    # and stall the training loop for milliseconds.
-                    await anyio.lowlevel.checkpoint()
+                    # Still holding the turn, wait until no other heavy step (a send being
+                    # built or signed, a response being parsed) runs in this loop iteration:
+                    # several of them in one iteration would stall the training loop for
+                    # milliseconds. With a caller's client only this step is paced.
+                    await self._pacer.turn()
             if group is None:
                 if (
                     self._state is not _State.RUNNING
