@@ -6,7 +6,7 @@ its own process (the SageMaker SDK's import-time side effects, such as its
 ``logging.basicConfig(level=INFO)``, never touch the other contenders).
 
     {"cmd": "run", "endpoint": URL, "tc": NAME, "n": N, "timeout": S}  -> {"ok": true, "result": {...}}
-    {"cmd": "idle", "seconds": S}                                       -> {"ok": true, "result": {...}}
+    {"cmd": "idle", "seconds": S, "sleeping": B}                        -> {"ok": true, "result": {...}}
 
 Memory runs (``--memory``): one burst in a fresh process, one JSON line, then exit without
 cleaning up (the endpoint never answers, so a clean shutdown would only wait).
@@ -50,7 +50,7 @@ def serve(contender: str) -> None:
                     w.run_once(contender, cmd["endpoint"], cmd["tc"], cmd["n"], cmd["timeout"])
                 )
             elif cmd["cmd"] == "idle":
-                result = asyncio.run(w.idle_baseline(cmd["seconds"]))
+                result = asyncio.run(w.idle_baseline(cmd["seconds"], cmd.get("sleeping", False)))
             elif cmd["cmd"] == "quit":
                 return
             else:

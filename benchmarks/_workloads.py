@@ -34,7 +34,10 @@ class Ticker:
     """Wakes every 1 ms and records how late each wake-up was (seconds beyond the 1 ms asked).
 
     It also records every garbage collection in the same window (through ``gc.callbacks``), so
-    the report can tell how much of the longest stall was a collection pause.
+    the report can tell how much of the longest stall was a collection pause, and the CPU time
+    the event-loop thread used during each tick (``time.thread_time``), so it can tell a delay
+    caused by work on the loop from one where the process was not running at all (a sleeping
+    loop woken late by the machine: on a shared VM that alone reaches a few ms).
     """
 
     PERIOD = 0.001
@@ -42,6 +45,7 @@ class Ticker:
     def __init__(self) -> None:
         self.starts: list[float] = []
         self.delays: list[float] = []
+        self.cpu: list[float] = []  # the loop thread's CPU seconds during each tick
         self.collections: list[tuple[int, float, float]] = []  # (generation, start, end)
         self._gc_started = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -54,14 +58,18 @@ class Ticker:
 
     async def _run(self) -> None:
         pc = time.perf_counter
+        tt = time.thread_time
         starts = self.starts
         delays = self.delays
+        cpu = self.cpu
         period = self.PERIOD
         while True:
             t = pc()
+            c = tt()
             await asyncio.sleep(period)
             starts.append(t)
             delays.append(pc() - t - period)
+            cpu.append(tt() - c)
 
     def start(self) -> None:
         # The setup (a new botocore client per run loads the service model: ~25,000 container
@@ -95,8 +103,13 @@ class Ticker:
             if not (j < len(spans) and spans[j][0] <= end):
                 clean_max = max(clean_max, delay)
         full = [e - s for g, s, e in self.collections if g == 2]
+        # The part of each delay that the loop could have spent working: at most the CPU time
+        # its thread used during the tick (an upper bound: that time may also fall in the 1 ms
+        # the tick asked for). A delay with little CPU in it is the machine, not the loop.
+        on_cpu = [min(delay, used) for delay, used in zip(self.delays, self.cpu, strict=True)]
         return {
             "stall_max": d[-1],
+            "stall_max_on_cpu": max(on_cpu),
             "stall_p99": d[min(len(d) - 1, int(0.99 * len(d)))],
             "stall_max_without_gc": clean_max,
             "ticks": len(d),
@@ -344,12 +357,20 @@ async def run_once(contender: str, endpoint: str, tc: str, n: int, timeout: floa
     return await asyncio.wait_for(RUNNERS[contender](endpoint, tc, n), timeout)
 
 
-async def idle_baseline(seconds: float) -> dict[str, Any]:
-    """The ticker alone, beside a loop that only yields: the machine's own stall floor."""
+async def idle_baseline(seconds: float, sleeping: bool = False) -> dict[str, Any]:
+    """The ticker alone: the machine's own stall floor.
+
+    Beside a loop that only yields (``sleeping=False``: the process never sleeps, as in a
+    saturated run), or with nothing else on the loop (``sleeping=True``: the process sleeps
+    between ticks, as between the responses of a 20 ms run, and must be woken by the kernel).
+    """
     ticker = Ticker()
     ticker.start()
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:  # noqa: ASYNC110 (a busy loop that yields is the point)
-        await asyncio.sleep(0)
+    if sleeping:
+        await asyncio.sleep(seconds)
+    else:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:  # noqa: ASYNC110 (a busy loop that yields is the point)
+            await asyncio.sleep(0)
     await ticker.stop()
     return ticker.summary()

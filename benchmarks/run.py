@@ -135,12 +135,23 @@ class Results:
     runs: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)  # scenario -> contender
     errors: list[str] = field(default_factory=list)
     idle: list[dict[str, Any]] = field(default_factory=list)
+    idle_sleeping: list[dict[str, Any]] = field(default_factory=list)
     memory: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # contender -> mode
     finished: float = 0.0
 
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
+
+
+def measure_floor(results: Results, worker: Worker) -> None:
+    """The ticker with no logging: beside a loop that only yields, then with the loop asleep."""
+    reply = worker.call(cmd="idle", seconds=2.0)
+    if reply.get("ok"):
+        results.idle.append(reply["result"])
+    reply = worker.call(cmd="idle", seconds=6.0, sleeping=True)
+    if reply.get("ok"):
+        results.idle_sleeping.append(reply["result"])
 
 
 def run_scenario(
@@ -318,10 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             if not reply.get("ok"):
                 results.errors.append(f"warm-up {worker.contender}: {reply.get('error')}")
-        _say("event-loop stall floor: the ticker beside a loop that only yields, 2 s")
-        reply = workers[0].call(cmd="idle", seconds=2.0)
-        if reply.get("ok"):
-            results.idle.append(reply["result"])
+        _say("event-loop stall floor: the ticker beside a loop that only yields (2 s), then alone (6 s)")
+        measure_floor(results, workers[0])
 
         if "0ms" in scenarios:
             _say(f"scenario '0ms': added latency 0 ms ({fast.url})")
@@ -348,9 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"scenario 'errors': 0 ms, {args.error_rate:.0%} per-index INTERNAL_ERROR ({faulty.url})")
             run_scenario(results, "errors", faulty, workers, n, args.repeats, args.timeout)
 
-        reply = workers[0].call(cmd="idle", seconds=2.0)
-        if reply.get("ok"):
-            results.idle.append(reply["result"])
+        measure_floor(results, workers[0])
 
         if "memory" in scenarios:
             _say(f"memory: a {args.burst:,}-point burst against an endpoint that never answers")
