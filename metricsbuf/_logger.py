@@ -260,7 +260,7 @@ class MetricsLogger:
         self._state = _State.NEW
         self._accepting = False  # RUNNING and the flusher alive
         self._queue = PointQueue(self._max_batch_size, self._flush_interval)
-        self._queue_append = self._queue.append
+        self._queued_points = self._queue.points  # the hot path appends to the deque directly
         # Points the service answered INTERNAL_ERROR / CONFLICT_ERROR for, waiting out their
         # backoff: a heap of (ready_at, position, attempts, point). The flusher puts the due
         # ones at the front of the next batch, so resends do not cost requests of their own.
@@ -515,9 +515,9 @@ class MetricsLogger:
                 return
             self._logged += 1
             self._held += 1
-            queue = self._queue
-            queue.append((name, value, step, now, now))
-            length = len(queue)
+            points = self._queued_points
+            points.append((name, value, step, now, now))
+            length = len(points)
             if length == 1 or length == self._max_batch_size:
                 wakeup = self._wakeup
                 if wakeup is not None:
@@ -610,8 +610,9 @@ class MetricsLogger:
     def _enqueue(self, point: Point) -> None:
         self._logged += 1
         self._held += 1
-        self._queue_append(point)  # the deque's own append: this is the hot path
-        length = len(self._queue)
+        points = self._queued_points
+        points.append(point)
+        length = len(points)
         if length == 1 or length == self._max_batch_size:
             wakeup = self._wakeup
             if wakeup is not None:
