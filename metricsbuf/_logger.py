@@ -64,6 +64,7 @@ NON_FINITE_POLICIES = ("drop", "raise")
 # accounts for them anyway; exit stays within close_timeout plus about this much.
 _CANCEL_GRACE = 2.0
 _UTC = timezone.utc
+_wall_clock = time.time  # a module global: one lookup on the hot path
 _MAX_STEP = v.MAX_STEP  # a module global: one lookup on the hot path
 # A position above every point's: flush everything.
 _EVERYTHING = 1 << 62
@@ -509,7 +510,7 @@ class MetricsLogger:
             and (step is None or (type(step) is int and 0 <= step <= _MAX_STEP))
             and self._held < self._max_buffered
         ):
-            now = time.time()
+            now = _wall_clock()
             if self._spool is not None:
                 self._stage((name, value, step, now, now))
                 return
