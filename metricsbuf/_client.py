@@ -47,7 +47,7 @@ async def open_own_client(
         connect_timeout=10,
         read_timeout=60,
         max_pool_connections=max(10, max_in_flight),
-        user_agent=_user_agent(),
+        user_agent=_user_agent(session.get_config_variable("user_agent_appid")),
     )
     try:
         credentials = await session.get_credentials()
@@ -81,21 +81,27 @@ async def open_own_client(
     return client  # type: ignore[no-any-return]
 
 
-def _user_agent() -> str:
+def _user_agent(app_id: object) -> str:
     """A fixed User-Agent for the logger's own client (botocore appends its own version).
 
     Without ``Config.user_agent``, botocore rebuilds its User-Agent string twice for every
     request (about 38 us each, 8% of a request's CPU here), although for this client it never
-    changes. A fixed one is botocore's documented override, the way the SageMaker SDK sets its own.
+    changes. A fixed one is botocore's documented override, the way the SageMaker SDK sets its
+    own. ``app_id`` is the user's application id (``AWS_SDK_UA_APP_ID`` or ``sdk_ua_app_id``),
+    kept as botocore's own string would (``app/<id>``); the override would otherwise drop it.
     """
     import aiobotocore
+    from botocore.useragent import sanitize_user_agent_string_component
 
     from . import __version__
 
-    return (
+    agent = (
         f"metricsbuf/{__version__} aiobotocore/{aiobotocore.__version__} "
         f"Python/{platform.python_version()} {platform.system()}/{platform.release()}"
     )
+    if app_id:
+        agent += " app/" + sanitize_user_agent_string_component(str(app_id), allow_hash=True)
+    return agent
 
 
 def warn_if_client_retries(client: object) -> None:

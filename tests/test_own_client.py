@@ -24,6 +24,7 @@ def no_aws_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.Mon
         "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
         "AWS_CONTAINER_CREDENTIALS_FULL_URI",
         "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_SDK_UA_APP_ID",
     ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
@@ -114,3 +115,13 @@ async def test_own_client_sends_a_fixed_user_agent(no_aws_config: pytest.MonkeyP
     (agent,) = set(sent)
     assert agent.startswith(f"metricsbuf/{__version__} aiobotocore/")
     assert " Python/" in agent and " botocore/" in agent  # botocore appends its own version
+    assert " app/" not in agent
+
+
+async def test_own_client_user_agent_keeps_the_application_id(no_aws_config: pytest.MonkeyPatch) -> None:
+    no_aws_config.setenv("AWS_ACCESS_KEY_ID", "test")
+    no_aws_config.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    no_aws_config.setenv("AWS_SDK_UA_APP_ID", "team trainer#7")
+    async with MetricsLogger("run-1", region_name="us-east-1", endpoint_url="http://127.0.0.1:9") as metrics:
+        config = metrics._client.meta.config  # type: ignore[union-attr]
+    assert " app/team-trainer#7" in config.user_agent  # sanitized the way botocore does
