@@ -37,17 +37,18 @@ class StepPacer:
 
     def _hand_on(self) -> None:
         """Grants the next iteration's turn: to the first waiter, else to whoever comes then."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # its task resumes in the next iteration
-                return
-        asyncio.get_running_loop().call_soon(self._end_of_iteration)
+        if not self._grant_next():
+            asyncio.get_running_loop().call_soon(self._end_of_iteration)
 
     def _end_of_iteration(self) -> None:
+        if not self._grant_next():
+            self._busy = False
+
+    def _grant_next(self) -> bool:
+        """Wakes the first waiter still waiting (its task resumes in the next iteration)."""
         while self._waiters:
             waiter = self._waiters.popleft()
-            if not waiter.done():
+            if not waiter.done():  # a cancelled waiter is skipped
                 waiter.set_result(None)
-                return
-        self._busy = False
+                return True
+        return False
