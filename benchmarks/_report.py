@@ -214,20 +214,22 @@ def summarize(results: Any) -> dict[str, Any]:
             entry[mode] = res["peak_bytes"] / res["held"] if res["held"] else math.nan
             entry[f"{mode}_raw"] = res
         memory[contender] = entry
-    idle_max = max((i["stall_max"] for i in results.idle), default=math.nan) * 1e3
-    idle_p99 = max((i["stall_p99"] for i in results.idle), default=math.nan) * 1e3
-    asleep_max = max((i["stall_max"] for i in results.idle_sleeping), default=math.nan) * 1e3
-    asleep_p99 = max((i["stall_p99"] for i in results.idle_sleeping), default=math.nan) * 1e3
-    asleep_oncpu = max((i["stall_max_on_cpu"] for i in results.idle_sleeping), default=math.nan) * 1e3
+
+    def worst_ms(runs: list[dict[str, Any]], key: str) -> float:
+        return max((run[key] for run in runs), default=math.nan) * 1e3
+
     summary = {
         "config": cfg,
         "figures": figures,
         "memory": memory,
-        "idle": {"stall_max_ms": idle_max, "stall_p99_ms": idle_p99},
+        "idle": {
+            "stall_max_ms": worst_ms(results.idle, "stall_max"),
+            "stall_p99_ms": worst_ms(results.idle, "stall_p99"),
+        },
         "idle_sleeping": {
-            "stall_max_ms": asleep_max,
-            "stall_p99_ms": asleep_p99,
-            "stall_oncpu_ms": asleep_oncpu,
+            "stall_max_ms": worst_ms(results.idle_sleeping, "stall_max"),
+            "stall_p99_ms": worst_ms(results.idle_sleeping, "stall_p99"),
+            "stall_oncpu_ms": worst_ms(results.idle_sleeping, "stall_max_on_cpu"),
         },
         "errors": list(results.errors),
         "started": results.started,

@@ -151,6 +151,28 @@ async def _training_loop(
     return producer
 
 
+def _run_result(
+    producer: float,
+    t_start: float,
+    t_produced: float,
+    t_end: float,
+    cpu: float,
+    backlog: int,
+    client_stats: dict[str, int],
+    ticker: Ticker,
+) -> dict[str, Any]:
+    """One run's figures, the same keys for every contender (read by _report.py)."""
+    return {
+        "producer_time": producer,
+        "elapsed": t_end - t_start,
+        "cpu": cpu,
+        "produce_elapsed": t_produced - t_start,
+        "backlog_at_end_of_loop": backlog,
+        "client_stats": client_stats,
+        **ticker.summary(),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Contender 1: metricsbuf.MetricsLogger, defaults except max_in_flight=8.
 
@@ -186,23 +208,16 @@ async def run_metricsbuf(endpoint: str, tc: str, n: int) -> dict[str, Any]:
         cpu = time.process_time() - cpu0
         await ticker.stop()
         stats = metrics.stats
-    return {
-        "producer_time": producer,
-        "elapsed": t_end - t_start,
-        "cpu": cpu,
-        "produce_elapsed": t_produced - t_start,
-        "backlog_at_end_of_loop": backlog,
-        "client_stats": {
-            "logged": stats.logged,
-            "delivered": stats.delivered,
-            "failed": stats.failed,
-            "dropped": stats.dropped,
-            "retried": stats.retried,
-            "requests": stats.requests,
-            "pending": stats.pending,
-        },
-        **ticker.summary(),
+    client_stats = {
+        "logged": stats.logged,
+        "delivered": stats.delivered,
+        "failed": stats.failed,
+        "dropped": stats.dropped,
+        "retried": stats.retried,
+        "requests": stats.requests,
+        "pending": stats.pending,
     }
+    return _run_result(producer, t_start, t_produced, t_end, cpu, backlog, client_stats, ticker)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,15 +284,8 @@ async def run_hand_batched(endpoint: str, tc: str, n: int) -> dict[str, Any]:
         cpu = time.process_time() - cpu0
         await ticker.stop()
     exceptions = [r for r in results if isinstance(r, BaseException)]
-    return {
-        "producer_time": producer,
-        "elapsed": t_end - t_start,
-        "cpu": cpu,
-        "produce_elapsed": t_produced - t_start,
-        "backlog_at_end_of_loop": backlog,
-        "client_stats": {"requests": len(hand.tasks), "request_exceptions": len(exceptions)},
-        **ticker.summary(),
-    }
+    client_stats = {"requests": len(hand.tasks), "request_exceptions": len(exceptions)}
+    return _run_result(producer, t_start, t_produced, t_end, cpu, backlog, client_stats, ticker)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,15 +343,7 @@ async def run_sagemaker_sdk(endpoint: str, tc: str, n: int) -> dict[str, Any]:
     cpu = time.process_time() - cpu0
     producer += t_end - t0
     await ticker.stop()
-    return {
-        "producer_time": producer,
-        "elapsed": t_end - t_start,
-        "cpu": cpu,
-        "produce_elapsed": t_produced - t_start,
-        "backlog_at_end_of_loop": backlog,
-        "client_stats": {"raised": errors},
-        **ticker.summary(),
-    }
+    return _run_result(producer, t_start, t_produced, t_end, cpu, backlog, {"raised": errors}, ticker)
 
 
 RUNNERS: dict[str, Callable[[str, str, int], Awaitable[dict[str, Any]]]] = {

@@ -30,51 +30,50 @@ LOGGED_AT: Final = 4
 class PointQueue:
     """FIFO of points with the batching decisions of the flusher."""
 
-    __slots__ = ("_points", "points", "append", "head_seq", "max_batch_size", "flush_interval")
+    __slots__ = ("points", "append", "head_seq", "max_batch_size", "flush_interval")
 
     def __init__(self, max_batch_size: int, flush_interval: float) -> None:
-        self._points: deque[Point] = deque()
-        # The deque itself, for the logger's hot path only: it appends at the tail and takes
-        # len() without a Python-level call (PointQueue.__len__ cost ~25% of a log() call).
-        # Everything else goes through the methods below.
-        self.points = self._points
-        self.append = self._points.append  # adds a point at the tail
+        # The deque itself. Outside this class only the logger's hot path touches it: it
+        # appends at the tail and takes len() without a Python-level call (PointQueue.__len__
+        # cost ~25% of a log() call). Everything else goes through the methods below.
+        self.points: deque[Point] = deque()
+        self.append = self.points.append  # adds a point at the tail
         self.head_seq = 0  # points removed so far: the sequence number of the head
         self.max_batch_size = max_batch_size
         self.flush_interval = flush_interval
 
     def __len__(self) -> int:
-        return len(self._points)
+        return len(self.points)
 
     def __bool__(self) -> bool:
-        return bool(self._points)
+        return bool(self.points)
 
     @property
     def appended(self) -> int:
         """Points ever appended: the next point's sequence number."""
-        return self.head_seq + len(self._points)
+        return self.head_seq + len(self.points)
 
     def peek(self) -> Point | None:
-        return self._points[0] if self._points else None
+        return self.points[0] if self.points else None
 
     def pop_oldest(self) -> Point | None:
-        if not self._points:
+        if not self.points:
             return None
         self.head_seq += 1
-        return self._points.popleft()
+        return self.points.popleft()
 
     def seconds_until_due(self, now: float) -> float | None:
         """How long until a partial batch must leave (0 when one is due now); None when empty."""
-        if not self._points:
+        if not self.points:
             return None
-        if len(self._points) >= self.max_batch_size:
+        if len(self.points) >= self.max_batch_size:
             return 0.0
-        oldest: float = self._points[0][LOGGED_AT]
+        oldest: float = self.points[0][LOGGED_AT]
         return max(0.0, oldest + self.flush_interval - now)
 
     def pop_expired(self, deadline_logged_at: float) -> list[Point]:
         """Removes the head points logged before ``deadline_logged_at`` (they waited too long)."""
-        points = self._points
+        points = self.points
         expired: list[Point] = []
         while points and points[0][LOGGED_AT] < deadline_logged_at:
             expired.append(points.popleft())
@@ -89,7 +88,7 @@ class PointQueue:
         (a request carries one trial component).
         """
         first_seq = self.head_seq
-        points = self._points
+        points = self.points
         count = min(self.max_batch_size if limit is None else limit, len(points))
         if same_key is None:
             batch = [points.popleft() for _ in range(count)]
@@ -102,7 +101,7 @@ class PointQueue:
         return first_seq, batch
 
     def take_all(self) -> list[Point]:
-        taken = list(self._points)
-        self._points.clear()
+        taken = list(self.points)
+        self.points.clear()
         self.head_seq += len(taken)
         return taken

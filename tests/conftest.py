@@ -1,9 +1,11 @@
-"""Shared fixtures: an in-memory client for fast, deterministic unit tests."""
+"""Shared fixtures: an in-memory client for fast, deterministic unit tests, and an AWS
+environment isolated from the machine's for tests of the logger's own client."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,3 +67,47 @@ def errors(*pairs: tuple[int, str]) -> Response:
 
 def assert_accounted(stats: Any) -> None:
     assert stats.logged == stats.delivered + stats.failed + stats.dropped + stats.pending, stats
+
+
+@pytest.fixture
+def no_aws_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No AWS credentials, region, profile or config files from the machine running the tests."""
+    for var in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_SDK_UA_APP_ID",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return monkeypatch
+
+
+@pytest.fixture
+def aws_env(no_aws_config: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Dummy credentials in the environment, nothing else from the machine."""
+    no_aws_config.setenv("AWS_ACCESS_KEY_ID", "test")
+    no_aws_config.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    return no_aws_config
+
+
+def count_pacer_turns(metrics: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the turns a logger's StepPacer gives (the own client's hooks look ``turn`` up at
+    each call); returns a one-item list holding the count."""
+    turns = [0]
+    real_turn = metrics._pacer.turn
+
+    async def counting_turn() -> None:
+        turns[0] += 1
+        await real_turn()
+
+    monkeypatch.setattr(metrics._pacer, "turn", counting_turn)
+    return turns

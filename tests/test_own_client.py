@@ -3,34 +3,12 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from metricsbuf import MetricsBufError, MetricsLogger
-
-
-@pytest.fixture
-def no_aws_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    for var in (
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-        "AWS_DEFAULT_REGION",
-        "AWS_REGION",
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        "AWS_WEB_IDENTITY_TOKEN_FILE",
-        "AWS_SDK_UA_APP_ID",
-    ):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    return monkeypatch
 
 
 async def test_missing_credentials_fail_at_enter(no_aws_config: pytest.MonkeyPatch) -> None:
@@ -42,17 +20,13 @@ async def test_missing_credentials_fail_at_enter(no_aws_config: pytest.MonkeyPat
         await metrics.log("loss", 1.0)
 
 
-async def test_missing_region_fails_at_enter(no_aws_config: pytest.MonkeyPatch) -> None:
-    no_aws_config.setenv("AWS_ACCESS_KEY_ID", "test")
-    no_aws_config.setenv("AWS_SECRET_ACCESS_KEY", "test")
+async def test_missing_region_fails_at_enter(aws_env: pytest.MonkeyPatch) -> None:
     with pytest.raises(MetricsBufError, match="no AWS region"):
         async with MetricsLogger("run-1"):
             pass
 
 
-async def test_own_client_is_created_and_closed(no_aws_config: pytest.MonkeyPatch) -> None:
-    no_aws_config.setenv("AWS_ACCESS_KEY_ID", "test")
-    no_aws_config.setenv("AWS_SECRET_ACCESS_KEY", "test")
+async def test_own_client_is_created_and_closed(aws_env: pytest.MonkeyPatch) -> None:
     async with MetricsLogger("run-1", region_name="eu-west-1", endpoint_url="http://127.0.0.1:9") as metrics:
         client = metrics._client
         assert client is not None
@@ -90,13 +64,11 @@ async def test_a_caller_client_that_retries_by_itself_gets_a_warning(
     assert not any("retries on its own" in r.getMessage() for r in caplog.records)
 
 
-async def test_own_client_sends_a_fixed_user_agent(no_aws_config: pytest.MonkeyPatch) -> None:
+async def test_own_client_sends_a_fixed_user_agent(aws_env: pytest.MonkeyPatch) -> None:
     """The own client sets Config.user_agent (botocore would rebuild the header twice a request)."""
     from metricsbuf import __version__
     from metricsbuf.testing import FakeMetricsService
 
-    no_aws_config.setenv("AWS_ACCESS_KEY_ID", "test")
-    no_aws_config.setenv("AWS_SECRET_ACCESS_KEY", "test")
     sent: list[str] = []
 
     def record(request: object, **_: object) -> None:
@@ -118,10 +90,8 @@ async def test_own_client_sends_a_fixed_user_agent(no_aws_config: pytest.MonkeyP
     assert " app/" not in agent
 
 
-async def test_own_client_user_agent_keeps_the_application_id(no_aws_config: pytest.MonkeyPatch) -> None:
-    no_aws_config.setenv("AWS_ACCESS_KEY_ID", "test")
-    no_aws_config.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    no_aws_config.setenv("AWS_SDK_UA_APP_ID", "team trainer#7")
+async def test_own_client_user_agent_keeps_the_application_id(aws_env: pytest.MonkeyPatch) -> None:
+    aws_env.setenv("AWS_SDK_UA_APP_ID", "team trainer#7")
     async with MetricsLogger("run-1", region_name="us-east-1", endpoint_url="http://127.0.0.1:9") as metrics:
         config = metrics._client.meta.config  # type: ignore[union-attr]
     assert " app/team-trainer#7" in config.user_agent  # sanitized the way botocore does

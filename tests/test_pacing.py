@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from pathlib import Path
 
 import pytest
+from conftest import count_pacer_turns
 
 from metricsbuf import MetricsLogger
 from metricsbuf._pacing import StepPacer
@@ -89,29 +89,16 @@ async def test_cancelled_waiters_never_wedge_the_pacer() -> None:
     await asyncio.wait_for(pacer.turn(), timeout=1)
 
 
-async def test_the_own_client_paces_building_signing_and_parsing(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+async def test_the_own_client_paces_building_signing_and_parsing(aws_env: pytest.MonkeyPatch) -> None:
     from metricsbuf.testing import FakeMetricsService
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    turns = 0
     async with FakeMetricsService() as service:
         async with MetricsLogger(
             "run-1", region_name="us-east-1", endpoint_url=service.endpoint_url, max_in_flight=1
         ) as metrics:
-            real_turn = metrics._pacer.turn
-
-            async def counting_turn() -> None:
-                nonlocal turns
-                turns += 1
-                await real_turn()
-
-            monkeypatch.setattr(metrics._pacer, "turn", counting_turn)
+            turns = count_pacer_turns(metrics, aws_env)
             for step in range(30):
                 await metrics.log("loss", 0.5, step=step)
             await metrics.flush()
         assert metrics.stats.delivered == 30 and metrics.stats.requests == 3
-    assert turns == 3 * 3  # per request: build (the sender), sign and parse (the client's hooks)
+    assert turns[0] == 3 * 3  # per request: build (the sender), sign and parse (the client's hooks)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import pytest
+from conftest import count_pacer_turns
 from reliability_support import (
     FAST_RETRIES,
     MIXED_FAULTS,
@@ -29,36 +29,12 @@ TC = "reliability-own-client"
 EXIT_MARGIN = 1.5  # as in test_reliability_shutdown.py
 
 
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "fake")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
-    return monkeypatch
-
-
-def count_turns(metrics: MetricsLogger, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the pacer's turns (the own client's hooks look ``turn`` up at each call)."""
-    turns = [0]
-    real_turn = metrics._pacer.turn
-
-    async def counting_turn() -> None:
-        turns[0] += 1
-        await real_turn()
-
-    monkeypatch.setattr(metrics._pacer, "turn", counting_turn)
-    return turns
-
-
 async def test_mixed_faults_store_every_point_exactly_once(aws_env: pytest.MonkeyPatch) -> None:
     async with RecordingService(seed=11, **MIXED_FAULTS) as svc:
         async with MetricsLogger(
             TC, region_name="us-east-1", endpoint_url=svc.endpoint_url, max_in_flight=8, **FAST_RETRIES
         ) as metrics:
-            turns = count_turns(metrics, aws_env)
+            turns = count_pacer_turns(metrics, aws_env)
             keys = await log_training_steps(metrics, range(1500))
     assert len(keys) == len(set(keys)) == 6000
     assert_logger_accounted(metrics)
