@@ -33,7 +33,10 @@ import inspect
 import math
 import os
 import sys
+import threading
 import time
+import weakref
+from asyncio import _get_running_loop
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from types import TracebackType
@@ -52,6 +55,7 @@ from ._models import CLOSE_TIMEOUT, DELIVERY_TIMEOUT, FLUSHER_CRASHED, SPOOL_ERR
 from ._pacing import StepPacer
 from ._reporting import FailureCallback, FailureReporter, log
 from ._retry_policy import FINAL_INDEX_CODES, RETRYABLE_INDEX_CODES, classify_exception
+from ._shielding import wait_through_cancellation
 from ._spool import SpoolError
 from ._spooling import ROW_ID, TRIAL_COMPONENT, SpoolCoordinator
 
@@ -72,6 +76,21 @@ _EVERYTHING = 1 << 62
 _NAME_CACHE_LIMIT = 10_000
 
 
+# Loggers started in this process. A forked child must not use them (their flusher and client
+# live in the parent), so at fork each child copy stops accepting points; see _check_context.
+_started_loggers: weakref.WeakSet[MetricsLogger] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for logger in list(_started_loggers):
+        logger._accepting = False
+    _started_loggers.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _State(enum.Enum):
     NEW = "new"
     RUNNING = "running"
@@ -86,7 +105,15 @@ class _Group:
     far) run parallel to ``points``: a batch can mix fresh points with points being resent.
     """
 
-    __slots__ = ("points", "positions", "attempts", "trial_component", "maybe_stored", "last_failure")
+    __slots__ = (
+        "points",
+        "positions",
+        "attempts",
+        "trial_component",
+        "maybe_stored",
+        "last_failure",
+        "abandoned",
+    )
 
     def __init__(
         self, points: list[Point], positions: list[int], attempts: list[int], trial_component: str
@@ -99,6 +126,9 @@ class _Group:
         # connection error, a timeout, a 5xx): the service may have stored them.
         self.maybe_stored = False
         self.last_failure: _Resend | None = None
+        # The close report (or a restarted flusher) took these points over: an answer that
+        # still arrives for this request must not settle them a second time.
+        self.abandoned = False
 
     def keep(self, keep: list[bool]) -> None:
         self.points = [p for p, k in zip(self.points, keep, strict=True) if k]
@@ -286,10 +316,17 @@ class MetricsLogger:
         self._flusher: asyncio.Task[None] | None = None
         self._take_turn: anyio.Lock | None = None  # the idle sender whose turn it is to wait for a batch
         self._pacer = StepPacer()  # one heavy step of a send per event-loop iteration
-        self._flusher_done: anyio.Event | None = None
         self._fatal: BaseException | None = None
-        self._closed_event: anyio.Event | None = None
+        # The flusher task was cancelled by something other than this logger (task.cancel(),
+        # the cancel-all SIGTERM idiom, or the end of its event loop).
+        self._flusher_cancelled_from_outside = False
+        self._stopping_flusher = False  # this logger cancels it itself, at the close deadline
+        self._closed: asyncio.Future[None] | None = None  # done once aclose() has finished
         self._spool_error: SpoolError | None = None
+        # Where the logger runs: calls from another event loop, thread or (forked) process
+        # get a clear error instead of points that would never be sent.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = os.getpid()
 
     # ------------------------------------------------------------------------------------------
     # Lifecycle
@@ -304,19 +341,43 @@ class MetricsLogger:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # Drains also when the body raised or was cancelled; the exception then propagates.
-        await self.aclose()
+        # Drains also when the body raised or was cancelled; then the body's exception (or
+        # cancellation) propagates as itself, and a failure of the logger's own is logged and
+        # attached to it as a note, never put in its place.
+        if exc is None:
+            await self.aclose()
+            return
+        try:
+            cancelled = await self._close()
+            self._raise_if_fatal()
+        except MetricsBufError as own_failure:
+            log.error("metricsbuf: %s (while the body of 'async with' raised %r)", own_failure, exc)
+            if hasattr(exc, "add_note"):  # Python 3.11+
+                exc.add_note(f"metricsbuf: {own_failure}")
+            return
+        if cancelled and not isinstance(exc, asyncio.CancelledError):
+            raise asyncio.CancelledError  # cancelled during the drain: pass it on after the drain
 
     async def start(self) -> None:
         """Starts the background flusher (``async with`` does this for you).
 
         Raises:
-            MetricsBufError: the logger was already started, or (own client only) no AWS
-                credentials or region could be found.
+            MetricsBufError: the logger was already started; no asyncio event loop is running
+                (the logger needs asyncio: aiobotocore runs on nothing else); or (own client
+                only) no AWS credentials or region could be found.
         """
         if self._state is not _State.NEW:
             raise MetricsBufError("a MetricsLogger can be started only once; create a new one")
+        loop = _get_running_loop()
+        if loop is None:  # before anything is acquired: nothing to release
+            raise MetricsBufError(
+                "MetricsLogger runs on asyncio only (aiobotocore needs an asyncio event loop), and no "
+                "asyncio event loop is running here (trio?); with anyio, use the asyncio backend: "
+                "anyio.run(main, backend='asyncio')"
+            )
         self._state = _State.RUNNING  # claimed at once, so a concurrent second start() fails
+        self._loop = loop
+        self._pid = os.getpid()
         self._stack = contextlib.AsyncExitStack()
         try:
             if self._spool is not None:
@@ -344,72 +405,107 @@ class MetricsLogger:
                 warn_if_client_retries(self._client)
         except BaseException:
             self._state = _State.CLOSED
-            await self._stack.aclose()
+            with anyio.CancelScope(shield=True):
+                await self._stack.aclose()
             raise
         self._wakeup = anyio.Event()
+        self._closed = loop.create_future()
+        self._start_flusher()
+        _started_loggers.add(self)
+        self._accepting = True
+
+    def _start_flusher(self) -> None:
+        assert self._loop is not None
         self._take_turn = anyio.Lock(fast_acquire=True)
-        self._flusher_done = anyio.Event()
-        self._closed_event = anyio.Event()
-        self._flusher = asyncio.get_running_loop().create_task(
+        self._flusher = self._loop.create_task(
             self._run_flusher(), name=f"metricsbuf-flusher[{self._trial_component}]"
         )
         self._flusher.add_done_callback(self._on_flusher_done)
-        self._accepting = True
 
     async def aclose(self) -> None:
         """Stops intake and drains within ``close_timeout``; what is still held then fails with CLOSE_TIMEOUT.
 
-        Idempotent; safe to call from any task. Shielded from cancellation while it drains,
-        so a cancelled job still delivers what it logged.
+        Idempotent; safe to call from any task of the logger's event loop. The drain goes on
+        through any number of cancellations (anyio cancel scopes and ``task.cancel()`` alike)
+        until ``close_timeout``; a cancellation that arrived meanwhile is raised afterwards.
 
         Raises:
             LoggerClosedError: the background flusher had died (the points it held are
                 reported as failed with FLUSHER_CRASHED).
+            MetricsBufError: called from another event loop, thread or process than the one
+                the logger started in.
         """
         if self._state is _State.NEW:
             self._state = _State.CLOSED
             return
+        if await self._close():
+            raise asyncio.CancelledError
+        self._raise_if_fatal()
+
+    async def _close(self) -> bool:
+        """Closes (or waits for the close in progress); returns whether the caller was cancelled meanwhile."""
         if self._state is _State.CLOSED:
-            self._raise_if_fatal()
-            return
-        assert self._closed_event is not None
+            return False
+        self._check_context()
+        assert self._closed is not None
         if self._state is _State.CLOSING:
-            with anyio.CancelScope(shield=True):
-                await self._closed_event.wait()
-            self._raise_if_fatal()
-            return
+            return await wait_through_cancellation(self._closed)
         self._state = _State.CLOSING
         self._accepting = False
         self._urgent_seq = _EVERYTHING
         self._wake_all()
-        with anyio.CancelScope(shield=True):
-            try:
-                await self._drain()
-            finally:
-                self._state = _State.CLOSED
-                self._closed_event.set()
+        try:
+            cancelled = await self._drain()
+        finally:
+            self._state = _State.CLOSED
+            self._closed.set_result(None)
+            self._wake_all()  # flush() waiters return: every point's outcome is now settled
         self._log_summary()
-        self._raise_if_fatal()
+        return cancelled
 
-    async def _drain(self) -> None:
-        assert self._flusher is not None and self._flusher_done is not None and self._stack is not None
-        with anyio.move_on_after(self._close_timeout):
-            await self._flusher_done.wait()
-        if not self._flusher_done.is_set():
-            self._flusher.cancel()
-            with anyio.move_on_after(_CANCEL_GRACE):
-                await self._flusher_done.wait()
+    async def _drain(self) -> bool:
+        """Lets the flusher finish within close_timeout, then reports or spools what is left.
+
+        Every await here survives cancellation (see _shielding.py); returns whether the
+        calling task was cancelled meanwhile.
+        """
+        assert self._loop is not None and self._stack is not None
+        loop = self._loop
+        deadline = loop.time() + self._close_timeout
+        cancelled = False
+        while True:
+            flusher = self._flusher
+            assert flusher is not None
+            cancelled |= await wait_through_cancellation(flusher, deadline - loop.time())
+            # Read off the task itself: its done callback may not have run yet.
+            if flusher.done() and flusher.cancelled() and not self._stopping_flusher:
+                self._flusher_cancelled_from_outside = True
+            if not (self._flusher_cancelled_from_outside and loop.time() < deadline):
+                break
+            # Cancelled from outside (the cancel-all SIGTERM idiom): a new flusher finishes the
+            # drain; the requests cancelled in flight are sent again.
+            log.info("metricsbuf: the flusher task was cancelled from outside; a new one finishes the drain")
+            self._take_back_groups()
+            self._flusher_cancelled_from_outside = False
+            self._start_flusher()
+        flusher = self._flusher
+        assert flusher is not None
+        if not flusher.done():
+            self._stopping_flusher = True
+            flusher.cancel()
+            cancelled |= await wait_through_cancellation(flusher, _CANCEL_GRACE)
         if self._spool is not None:
             await self._drain_to_spool()
         # Whatever is still held now was not delivered in time (or the flusher died).
-        code, message = (
-            (FLUSHER_CRASHED, f"the background flusher died: {self._fatal!r}")
-            if self._fatal is not None
-            else (CLOSE_TIMEOUT, f"still held when close_timeout ({self._close_timeout:g} s) ran out")
-        )
+        if self._fatal is not None:
+            code, message = FLUSHER_CRASHED, f"the background flusher died: {self._fatal!r}"
+        elif self._flusher_cancelled_from_outside:
+            code, message = FLUSHER_CRASHED, "the background flusher was cancelled from outside"
+        else:
+            code = CLOSE_TIMEOUT
+            message = f"still held when close_timeout ({self._close_timeout:g} s) ran out"
         self._fail_points(self._queue.take_all(), code, message, attempts=0)
-        for group in list(self._groups):
-            self._groups.discard(group)
+        for group in self._take_groups():
             ambiguous = (
                 " (a request for it got no definite answer, so the service may have stored it)"
                 if group.maybe_stored
@@ -419,36 +515,78 @@ class MetricsLogger:
         while self._lane:
             _, _, attempts, point = heapq.heappop(self._lane)
             self._fail_points([point], code, message + " (waiting to be resent)", attempts)
-        with anyio.move_on_after(_CANCEL_GRACE):
-            await self._stack.aclose()  # closes the logger's own client and the spool, if any
+        # Closes the logger's own client and the spool, if any; the spool is released even if
+        # closing the client is cut short.
+        closing = loop.create_task(self._stack.aclose())
+        cancelled |= await wait_through_cancellation(closing, _CANCEL_GRACE)
+        if not closing.done():
+            log.warning("metricsbuf: closing the client took longer than %g s; left to finish", _CANCEL_GRACE)
+        elif not closing.cancelled() and closing.exception() is not None:
+            log.warning(
+                "metricsbuf: error while closing the client or the spool", exc_info=closing.exception()
+            )
+        if self._spool is not None:
+            await self._spool.close()  # idempotent; survives cancellation (SpoolCoordinator._run)
         if self._spool_error is not None and self._fatal is None:
             raise self._spool_error
+        return cancelled
+
+    def _take_groups(self) -> list[_Group]:
+        """Takes every batch in flight or being retried away from its sender, for good.
+
+        An answer that still arrives for one of them is ignored: its points' outcome is
+        decided by whoever took them (the close report, or a restarted flusher).
+        """
+        groups = list(self._groups)
+        self._groups.clear()
+        for group in groups:
+            group.abandoned = True
+        return groups
+
+    def _take_back_groups(self) -> None:
+        """Puts the points of requests cancelled in flight back at the front, to be sent again."""
+        now = time.time()
+        for group in self._take_groups():
+            for position, attempts, point in zip(group.positions, group.attempts, group.points, strict=True):
+                heapq.heappush(self._lane, (now, position, attempts, point))
 
     async def _drain_to_spool(self) -> None:
         """At close, with a spool: what was not delivered stays on disk; nothing is failed for time."""
         spool = self._spool
         assert spool is not None
-        left = self._queue.take_all()
-        for group in list(self._groups):
-            self._groups.discard(group)
-            left.extend(group.points)
-        left.extend(entry[3] for entry in self._lane)
-        self._lane.clear()
-        if left:
-            self._leave_on_disk(left)
-        staged = len(spool.staged)
         try:
-            await spool.final_commit()
+            await spool.final_commit()  # completes even if cancelled (SpoolCoordinator._run)
         except SpoolError as exc:
             self._spool_error = exc
             lost = spool.staged
             spool.staged = []
             self._fail_points(lost, SPOOL_ERROR, f"could not be written to the spool: {exc}", attempts=0)
-            return
-        self._held -= staged
+        # Everything still held is on disk now: the staged points were just written, and the
+        # rest (queued, in flight, waiting to be resent, or in a commit that outlived the
+        # deadline) before. It stays pending there, for the next logger or `metricsbuf sync`.
+        self._queue.take_all()
+        self._take_groups()
+        self._lane.clear()
+        if self._held:
+            spool.leave_on_disk(self._held)
+            self._settle(self._held)
 
     def _on_flusher_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
+        if task is not self._flusher:
+            return  # an earlier flusher, replaced for the drain
+        if task.cancelled():
+            if not self._stopping_flusher:
+                self._flusher_cancelled_from_outside = True
+                self._accepting = False
+                if self._state is _State.RUNNING and self._held:
+                    log.warning(
+                        "metricsbuf: the flusher task of trial component %r was cancelled from outside "
+                        "(task.cancel(), or the end of its event loop) while %d points were held; they are "
+                        "sent only if the logger is closed on its event loop ('async with' or aclose())",
+                        self._trial_component,
+                        self._held,
+                    )
+        elif task.exception() is not None:
             fatal = task.exception()
             # The flusher's task group wraps what killed it; name the cause itself when it is one.
             while isinstance(fatal, BaseExceptionGroup) and len(fatal.exceptions) == 1:
@@ -456,8 +594,6 @@ class MetricsLogger:
             self._fatal = fatal
             self._accepting = False
             log.error("metricsbuf: the background flusher died", exc_info=self._fatal)
-        assert self._flusher_done is not None
-        self._flusher_done.set()
         self._wake_all()
 
     def _raise_if_fatal(self) -> None:
@@ -467,12 +603,44 @@ class MetricsLogger:
     def _check_running(self) -> None:
         if not self._accepting:
             self._raise_not_running()
+        self._check_context()
+
+    def _check_context(self) -> None:
+        """Raises a clear error for a call from another process, event loop or thread than the logger's."""
+        if self._loop is None:
+            return  # not started: nothing runs anywhere yet
+        if self._pid != os.getpid():
+            raise MetricsBufError(
+                f"this MetricsLogger was started in process {self._pid} and cannot be used in a forked "
+                f"child (process {os.getpid()}): its flusher runs only in the parent. Create a new "
+                "MetricsLogger in the child; the parent's is unaffected"
+            )
+        loop = _get_running_loop()
+        if loop is self._loop:
+            return
+        if loop is None:
+            raise MetricsBufError(
+                f"MetricsLogger is not thread-safe: it was called from thread "
+                f"{threading.current_thread().name!r}, which does not run its event loop. Call it from "
+                "the event loop's thread (loop.call_soon_threadsafe), or give each thread its own logger"
+            )
+        raise MetricsBufError(
+            "this MetricsLogger was started on another event loop; a logger serves the event loop it "
+            "was started on (a closed loop's logger can no longer send): create one per event loop"
+        )
 
     def _raise_not_running(self) -> None:
+        self._check_context()
         self._raise_if_fatal()
         if self._state is _State.NEW:
             raise MetricsBufError(
                 "the MetricsLogger is not started: use 'async with' or 'await logger.start()'"
+            )
+        if self._flusher_cancelled_from_outside and self._state is _State.RUNNING:
+            raise LoggerClosedError(
+                "the MetricsLogger's background flusher task was cancelled from outside (task.cancel(), "
+                "or the end of its event loop); it takes no more points. Close it (aclose()) on its "
+                "event loop to deliver what it holds"
             )
         raise LoggerClosedError("the MetricsLogger is closed")
 
@@ -502,6 +670,7 @@ class MetricsLogger:
         # Anything else takes the general path below, which applies the same rules.
         if (
             self._accepting
+            and _get_running_loop() is self._loop  # not another loop, thread or forked process
             and type(value) is float
             and value - value == 0.0  # finite: inf - inf and nan - nan are nan
             and type(name) is str
@@ -524,11 +693,12 @@ class MetricsLogger:
                 if wakeup is not None:
                     wakeup.set()
             return
-        if not self._accepting:
-            self._raise_not_running()
+        self._check_running()
         point = self._make_point(name, value, step, timestamp, time.time())
-        if point is not None:
-            await self._accept(point)
+        if point is None:
+            self._reject_non_finite(name, value)
+        else:
+            await self._accept([point])
 
     async def log_many(
         self,
@@ -539,29 +709,58 @@ class MetricsLogger:
     ) -> None:
         """Logs several metrics with one step and timestamp.
 
-        All points are validated first: if any is invalid, InvalidMetricError is raised and
-        none of them is logged.
+        All or nothing: every point is validated first, and if any is invalid, InvalidMetricError
+        is raised and nothing is logged or counted. Under ``on_full="raise"`` the points are
+        logged only if all of them fit (BufferFullError otherwise); under ``"block"`` the call
+        waits until all of them fit. The drop policies apply to each point.
         """
-        if not self._accepting:
-            self._raise_not_running()
+        self._check_running()
         if not isinstance(metrics, Mapping):
             raise InvalidMetricError(
                 f"log_many takes a mapping of name to value, got {type(metrics).__name__}"
             )
         now = time.time()
-        points = [self._make_point(name, value, step, timestamp, now) for name, value in metrics.items()]
-        for point in points:
-            if point is not None:
-                await self._accept(point)
+        points: list[Point] = []
+        non_finite: list[tuple[str, Any]] = []
+        for name, value in metrics.items():
+            point = self._make_point(name, value, step, timestamp, now)
+            if point is None:
+                non_finite.append((name, value))
+            else:
+                points.append(point)
+        for name, value in non_finite:  # counted only once every point has passed
+            self._reject_non_finite(name, value)
+        if points:
+            await self._accept(points)
 
-    async def _accept(self, point: Point) -> None:
-        """Queues a valid point, first applying max_buffered: spill to disk, wait for room, or on_full."""
-        if self._held >= self._max_buffered and not self._spill_to_disk():
+    async def _accept(self, points: list[Point]) -> None:
+        """Queues valid points, first applying max_buffered: spill to disk, wait for room, or on_full.
+
+        Under "block" and "raise" it takes all the points or none.
+        """
+        count = len(points)
+        if self._held + count > self._max_buffered and not self._spill_to_disk(count):
+            if count > self._max_buffered:
+                raise BufferFullError(
+                    f"{count} points in one call can never fit max_buffered={self._max_buffered}; "
+                    "none of them was logged"
+                )
             if self._on_full == "block" or self._waits_for_disk():
-                await self._wait_for_room()
-            elif not self._make_room(point):
+                await self._wait_for_room(count)
+            elif self._on_full == "raise":
+                if count == 1:
+                    self._make_room(points[0])  # raises, with the point's name
+                raise BufferFullError(
+                    f"{self._held} points held (max_buffered={self._max_buffered}); none of the {count} "
+                    f"points {', '.join(repr(p[NAME]) for p in points)} was logged (on_full='raise')"
+                )
+            else:  # the drop policies decide point by point, each drop counted
+                for point in points:
+                    if self._held < self._max_buffered or self._spill_to_disk() or self._make_room(point):
+                        self._enqueue(point)
                 return
-        self._enqueue(point)
+        for point in points:
+            self._enqueue(point)
 
     def log_nowait(
         self, name: str, value: float, *, step: int | None = None, timestamp: datetime | float | None = None
@@ -570,16 +769,20 @@ class MetricsLogger:
 
         Under ``on_full="block"`` it cannot wait, so a full buffer raises BufferFullError.
         """
-        if not self._accepting:
-            self._raise_not_running()
+        self._check_running()
         point = self._make_point(name, value, step, timestamp, time.time())
-        if point is not None:
-            if self._held >= self._max_buffered and not self._spill_to_disk() and not self._make_room(point):
-                return
-            self._enqueue(point)
+        if point is None:
+            self._reject_non_finite(name, value)
+            return
+        if self._held >= self._max_buffered and not self._spill_to_disk() and not self._make_room(point):
+            return
+        self._enqueue(point)
 
     def _make_point(self, name: Any, value: Any, step: Any, timestamp: Any, now: float) -> Point | None:
-        """Validates one point; returns it as a tuple, or None for a non-finite value under "drop"."""
+        """Validates one point; returns it as a tuple, or None for a non-finite value under "drop".
+
+        Records nothing: the caller counts a None as rejected once the whole call is valid.
+        """
         if type(name) is not str or name not in self._known_names:
             v.check_name(name)
             if len(self._known_names) < _NAME_CACHE_LIMIT:
@@ -589,7 +792,6 @@ class MetricsLogger:
         if not math.isfinite(value):
             if not self._drop_non_finite:
                 raise InvalidMetricError(f"value of metric {name!r} is not finite: {value!r}")
-            self._reject_non_finite(name, value)
             return None
         if step is not None and (type(step) is not int or not 0 <= step <= v.MAX_STEP):
             step = v.coerce_step(name, step)
@@ -597,7 +799,7 @@ class MetricsLogger:
             return (name, value, step, now, now)
         return (name, value, step, v.coerce_timestamp(name, timestamp, now), now)
 
-    def _reject_non_finite(self, name: str, value: float) -> None:
+    def _reject_non_finite(self, name: str, value: object) -> None:
         self._rejected += 1
         if name not in self._warned_non_finite:
             self._warned_non_finite.add(name)
@@ -634,16 +836,16 @@ class MetricsLogger:
             if wakeup is not None:
                 wakeup.set()
 
-    def _spill_to_disk(self) -> bool:
+    def _spill_to_disk(self, count: int = 1) -> bool:
         """With a spool, a point past max_buffered is still taken: it will wait on disk.
 
         True when the spool has room (below max_spool_bytes) and the points staged since the
-        last commit (with those being written) are fewer than max_buffered; the spooler is woken
+        last commit (with those being written), plus ``count``, are at most max_buffered; the spooler is woken
         to commit now. So memory holds at most max_buffered points queued or in flight, plus as
         many on their way to disk.
         """
         spool = self._spool
-        if spool is None or spool.full or len(spool.staged) + spool.committing >= self._max_buffered:
+        if spool is None or spool.full or len(spool.staged) + spool.committing + count > self._max_buffered:
             return False
         if self._spool_wakeup is not None:
             self._spool_wakeup.set()
@@ -687,8 +889,8 @@ class MetricsLogger:
             self._dropped,
         )
 
-    async def _wait_for_room(self) -> None:
-        while self._held >= self._max_buffered and not self._spill_to_disk():
+    async def _wait_for_room(self, count: int) -> None:
+        while self._held + count > self._max_buffered and not self._spill_to_disk(count):
             if self._room is None:
                 self._room = anyio.Event()
             await self._room.wait()
@@ -719,6 +921,10 @@ class MetricsLogger:
                 wakeup.set()
         with anyio.fail_after(timeout):
             while not self._settled_before(target):
+                if self._state is _State.CLOSED:
+                    return  # the close settled every point: delivered, failed, or left on disk
+                if self._state is _State.RUNNING and not self._accepting:
+                    self._raise_not_running()  # the flusher died, or was cancelled from outside
                 if self._progress is None:
                     self._progress = anyio.Event()
                 await self._progress.wait()
@@ -798,6 +1004,9 @@ class MetricsLogger:
     async def _run_flusher(self) -> None:
         """Runs max_in_flight senders (and, with a spool, the spooler) until the logger closes."""
         async with anyio.create_task_group() as task_group:
+            # A flusher cancelled before it ever ran (its event loop ended right after start())
+            # stops here, before it creates senders that would never run.
+            await anyio.lowlevel.checkpoint()
             if self._spool is not None:
                 task_group.start_soon(self._run_spooler)
             for _ in range(self._max_in_flight):
@@ -957,6 +1166,8 @@ class MetricsLogger:
             return self._held - len(spool.staged) - spool.committing - len(self._queue)
 
         committed, moved = await spool.commit(self._queue, in_flight)
+        if spool.finalized:
+            return  # finished after the close deadline: the close counted these points
         # Accounted before the next await, so a cancellation there cannot skew the counts.
         self._held += moved - committed
         if committed > moved and self._room is not None:
@@ -1005,7 +1216,10 @@ class MetricsLogger:
             self._give_up_group(group, exhausted)
         except Exception as exc:  # a bug here must not take the flusher down
             log.exception("metricsbuf: unexpected error while delivering a batch")
-            self._fail_points(group.points, type(exc).__name__, f"unexpected error: {exc!r}", group.attempts)
+            if not group.abandoned:
+                self._fail_points(
+                    group.points, type(exc).__name__, f"unexpected error: {exc!r}", group.attempts
+                )
         # Not reached when cancelled at the close deadline: the group stays for the close report.
         group.points = []
         self._groups.discard(group)
@@ -1103,12 +1317,19 @@ class MetricsLogger:
         except anyio.get_cancelled_exc_class():
             raise  # still maybe_stored: the close report says the outcome is unknown
         except Exception as exc:
+            if group.abandoned:
+                return  # see below
             failure = classify_exception(exc)
             group.maybe_stored = failure.ambiguous
             if failure.retryable:
                 raise _Resend(failure.code, failure.message) from exc
             self._fail_points(points, failure.code, failure.message, group.attempts)
             group.points = []
+            return
+        if group.abandoned:
+            # The answer came after the close report (or a restarted flusher) took these points
+            # over, e.g. from a client whose thread outlived the cancellation: an outcome, once
+            # reported, is final.
             return
         group.maybe_stored = False
         self._apply_response(group, response)
@@ -1163,7 +1384,9 @@ class MetricsLogger:
             delay = self._backoff(_AttemptNumber(max(attempts for _, attempts, _ in resend)))  # type: ignore[arg-type]
             ready_at = time.time() + delay
             for position, attempts, point in resend:
-                heapq.heappush(self._lane, (ready_at, position, attempts, point))
+                # Never past the point's delivery deadline: then it is taken, and expires, on time.
+                due = min(ready_at, point[LOGGED_AT] + self._delivery_timeout)
+                heapq.heappush(self._lane, (due, position, attempts, point))
             wakeup = self._wakeup
             if wakeup is not None:
                 wakeup.set()  # the flusher sleeps until the lane's head is due

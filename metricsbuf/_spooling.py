@@ -9,21 +9,22 @@ last ``spool_interval``. Points are identified by their row id, which this coord
 assigns in logged order (the spool's AUTOINCREMENT, checked after each commit); so
 "logged before" is "smaller id", which is what ``flush()`` waits on.
 
-All spool I/O runs in a worker thread, one call at a time (a CapacityLimiter of 1), and only
+All spool I/O runs in one worker thread of the spool's own, one call at a time, and only
 from the flusher task or the final drain, never from ``log()``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import anyio
-import anyio.to_thread
-
 from ._buffer import LOGGED_AT, Point, PointQueue
+from ._shielding import rearm_cancellation, wait_through_cancellation
 from ._spool import Spool, SpoolError
 
 # Index of the row id and the trial component in a spooled point tuple (after the 5 fields of Point).
@@ -57,7 +58,9 @@ class SpoolCoordinator:
         self.memory_capacity = memory_capacity  # queue + in flight, in points
         self.offline = offline
         self.spool: Spool | None = None
-        self._limiter = anyio.CapacityLimiter(1)
+        # One thread does every spool call, in order (a plain future, which no task
+        # cancellation can abandon half-way; see _run).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metricsbuf-spool")
         self._stream_id = 0
 
         self.staged: list[Point] = []  # logged, not yet on disk; ids next_id - len(staged) ... next_id - 1
@@ -73,26 +76,29 @@ class SpoolCoordinator:
         self._unsettled_since: float | None = None  # when the oldest pending ack/dead letter arrived
         self._committing_from: int | None = None  # first id of the points being written right now
         self.committing = 0  # how many points are being written right now
+        # Set by the final commit at close. A commit that outlived the close deadline and
+        # finishes later moves nothing: the close already counted its points as left on disk.
+        self.finalized = False
 
     # -- setup and teardown ----------------------------------------------------------------
 
     async def open(self) -> None:
         """Opens and locks the spool; counts what a previous run left."""
-        self.spool = spool = await self._run(Spool.open, self.directory)
         try:
-            self.recovered = self.backlog = await self._run(spool.count_pending)
-            self.next_id = await self._run(spool.next_row_id)
-            self.used_bytes = await self._run(spool.used_bytes)
+            self.spool = await self._run(Spool.open, self.directory)
+            self.recovered = self.backlog = await self._run(self.spool.count_pending)
+            self.next_id = await self._run(self.spool.next_row_id)
+            self.used_bytes = await self._run(self.spool.used_bytes)
             self.full = self.used_bytes >= self.max_spool_bytes
         except BaseException:
-            await self._run(spool.close)
-            self.spool = None
+            await self.close()  # the lock and the thread are released
             raise
 
     async def close(self) -> None:
         if self.spool is not None:
             spool, self.spool = self.spool, None
             await self._run(spool.close)
+        self._executor.shutdown(wait=False)
 
     # -- the logger's hooks ------------------------------------------------------------------
 
@@ -130,7 +136,7 @@ class SpoolCoordinator:
         candidates = [self.next_id - len(self.staged)] if self.staged else []
         if self._committing_from is not None:
             candidates.append(self._committing_from)
-        if self.backlog:
+        if self.backlog and not self.offline:  # offline, a row on disk is as far as a point goes
             candidates.append(self.cursor + 1)
         head = queue.peek()
         if head is not None:
@@ -196,6 +202,8 @@ class SpoolCoordinator:
             self._committing_from = None
             self.committing = 0
         moved = 0
+        if self.finalized:
+            return len(staged), 0
         if staged:
             first_id = last_id - len(staged) + 1
             room = self.memory_capacity - len(queue) - in_flight()
@@ -223,15 +231,19 @@ class SpoolCoordinator:
         return await self._load(queue, min(room, _LOAD_CHUNK)) if room > 0 else 0
 
     async def final_commit(self) -> None:
-        """At close: writes what is staged (it stays on disk, pending), deletions and dead letters."""
+        """At close: writes what is staged (it stays on disk, pending), deletions and dead letters.
+
+        From here on the close accounts for every point still held (see ``finalized``). Raises
+        SpoolError; then the staged points are still in ``staged``.
+        """
         assert self.spool is not None
+        self.finalized = True
         staged = self.staged
         deletes, self._delete_ids = self._delete_ids, []
         dead, self._dead = self._dead, []
         expected_last = self.next_id - 1
         _, self.used_bytes = await self._run(self._commit, staged, deletes, dead, expected_last)
         self.staged = []
-        self.left_on_disk += len(staged)
 
     def _commit(
         self,
@@ -271,8 +283,16 @@ class SpoolCoordinator:
         return len(rows)
 
     async def _run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        def call() -> Any:
-            return function(*args, **kwargs)
+        """Runs one spool call in the spool's thread, one at a time, in call order.
 
-        # Not abandoned on cancellation: a transaction in progress always completes.
-        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+        Never abandoned on cancellation, not even on a second or third one: the call always
+        completes and its result is returned, so that what it wrote is recorded (a commit
+        that was written but looked failed would be written again). A cancellation that
+        arrived meanwhile is raised again at the caller's next await.
+        """
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(function, *args, **kwargs)
+        )
+        if await wait_through_cancellation(future):
+            rearm_cancellation()
+        return future.result()
