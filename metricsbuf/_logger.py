@@ -405,8 +405,7 @@ class MetricsLogger:
                 warn_if_client_retries(self._client)
         except BaseException:
             self._state = _State.CLOSED
-            with anyio.CancelScope(shield=True):
-                await self._stack.aclose()
+            await self._close_resources()  # the spool lock and the client, even if cancelled again
             raise
         self._wakeup = anyio.Event()
         self._closed = loop.create_future()
@@ -515,10 +514,20 @@ class MetricsLogger:
         while self._lane:
             _, _, attempts, point = heapq.heappop(self._lane)
             self._fail_points([point], code, message + " (waiting to be resent)", attempts)
-        # Closes the logger's own client and the spool, if any; the spool is released even if
-        # closing the client is cut short.
-        closing = loop.create_task(self._stack.aclose())
-        cancelled |= await wait_through_cancellation(closing, _CANCEL_GRACE)
+        cancelled |= await self._close_resources()
+        if self._spool_error is not None and self._fatal is None:
+            raise self._spool_error
+        return cancelled
+
+    async def _close_resources(self) -> bool:
+        """Closes the logger's own client and the spool, if any, through cancellations.
+
+        The client gets ``_CANCEL_GRACE`` seconds; the spool is released even if closing the
+        client is cut short. Returns whether the caller was cancelled meanwhile.
+        """
+        assert self._loop is not None and self._stack is not None
+        closing = self._loop.create_task(self._stack.aclose())
+        cancelled = await wait_through_cancellation(closing, _CANCEL_GRACE)
         if not closing.done():
             log.warning("metricsbuf: closing the client took longer than %g s; left to finish", _CANCEL_GRACE)
         elif not closing.cancelled() and closing.exception() is not None:
@@ -527,8 +536,6 @@ class MetricsLogger:
             )
         if self._spool is not None:
             await self._spool.close()  # idempotent; survives cancellation (SpoolCoordinator._run)
-        if self._spool_error is not None and self._fatal is None:
-            raise self._spool_error
         return cancelled
 
     def _take_groups(self) -> list[_Group]:
