@@ -348,19 +348,26 @@ async def _describe(
 
 
 def _describe_error(exc: Exception, job: SageMakerJob, operation: str, attempts: int) -> SageMakerJobError:
+    from botocore.exceptions import ClientError, NoCredentialsError
+
     failure = classify_exception(exc)
-    permission = f"sagemaker:{operation}"
-    if failure.code in _ACCESS_DENIED:
-        what = f"was denied ({failure.code}: {failure.message})"
-    elif failure.retryable:
-        what = f"kept failing ({attempts} attempts, last: {failure.code}: {failure.message})"
+    # classify_exception's message already starts with the type for anything but a ClientError.
+    detail = f"{failure.code}: {failure.message}" if isinstance(exc, ClientError) else failure.message
+    if isinstance(exc, NoCredentialsError):
+        what = f"could not be signed: no AWS credentials found ({detail})"
+        needed = "AWS credentials (inside a job, its execution role provides them)"
     else:
-        what = f"failed ({failure.code}: {failure.message})"
+        if failure.code in _ACCESS_DENIED:
+            what = f"was denied ({detail})"
+        elif failure.retryable:
+            what = f"kept failing ({attempts} attempts, last: {detail})"
+        else:
+            what = f"failed ({detail})"
+        needed = f"the IAM permission sagemaker:{operation} for the job's execution role"
     return SageMakerJobError(
         f"metricsbuf: running in SageMaker {job.kind} job {job.name!r} (from {job.found_by}), but "
-        f"{operation} {what}. The job's execution role needs the IAM permission {permission} "
-        f"to find the job's trial component; or name it yourself with trial_component_name= "
-        f"or {TRIAL_COMPONENT_ENV}.",
+        f"{operation} {what}. Finding the job's trial component needs {needed}; "
+        f"or name the trial component yourself with trial_component_name= or {TRIAL_COMPONENT_ENV}.",
         kind=job.kind,
         job_name=job.name,
         error_code=failure.code,

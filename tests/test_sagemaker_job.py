@@ -363,8 +363,36 @@ async def test_access_denied_is_not_retried_and_names_the_permission(tmp_path: P
     message = str(error)
     assert "training job 'Train-Job-1' (from TRAINING_JOB_ARN)" in message
     assert "DescribeTrainingJob was denied (AccessDeniedException: User: arn:aws:sts::" in message
-    assert "needs the IAM permission sagemaker:DescribeTrainingJob" in message
+    assert "needs the IAM permission sagemaker:DescribeTrainingJob for the job's execution role" in message
     assert "METRICSBUF_TRIAL_COMPONENT" in message
+
+
+async def test_a_connection_failure_that_outlasts_the_attempts_names_it_once(tmp_path: Path) -> None:
+    down = EndpointConnectionError(endpoint_url="https://api.sagemaker.us-east-1.amazonaws.com")
+    stub = StubSageMaker(down, down)
+    with pytest.raises(SageMakerJobError) as caught:
+        await resolve_trial_component(
+            environ={"TRAINING_JOB_ARN": TRAINING_ARN},
+            config_root=tmp_path,
+            client=stub,
+            attempts=2,
+            initial_backoff=0.001,
+        )
+    assert caught.value.error_code == "EndpointConnectionError"
+    assert "kept failing (2 attempts, last: EndpointConnectionError: Could not connect" in str(caught.value)
+    assert "EndpointConnectionError: EndpointConnectionError" not in str(caught.value)
+
+
+async def test_missing_credentials_are_named_as_such(
+    moto_url: str, no_aws_config: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    no_aws_config.setenv("AWS_ENDPOINT_URL_SAGEMAKER", moto_url)
+    with pytest.raises(SageMakerJobError) as caught:
+        await resolve_trial_component(environ={"TRAINING_JOB_ARN": TRAINING_ARN}, config_root=tmp_path)
+    message = str(caught.value)
+    assert caught.value.error_code == "NoCredentialsError"
+    assert "DescribeTrainingJob could not be signed: no AWS credentials found" in message
+    assert "IAM permission" not in message
 
 
 # ---- a job that cannot be read ------------------------------------------------------------
