@@ -25,6 +25,10 @@ VALUE: Final = 1
 STEP: Final = 2
 TIMESTAMP: Final = 3
 LOGGED_AT: Final = 4
+# Only in a point that has a row in the spool (loaded from it, or moved into the queue after
+# its commit): its row id, which is also its position in logged order, and its trial component.
+ROW_ID: Final = 5
+TRIAL_COMPONENT: Final = 6
 
 
 class PointQueue:

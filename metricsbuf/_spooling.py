@@ -1,6 +1,6 @@
-"""How a logger with ``spool_dir`` moves points through the on-disk spool.
+"""Spooling: everything that moves a logger's points between memory and the on-disk spool.
 
-    log() ──► staged (memory, a list) ──commit every spool_interval, or before a batch is sent──►
+    log() ──► staging (memory) ──commit every spool_interval, or before a batch is sent──►
               spool rows ──► memory queue (while it has room) ──► sent ──► row deleted
                         └──► "backlog": rows only on disk, loaded in id order as the queue drains
 
@@ -10,26 +10,31 @@ assigns in logged order (the spool's AUTOINCREMENT, checked after each commit); 
 "logged before" is "smaller id", which is what ``flush()`` waits on.
 
 All spool I/O runs in one worker thread of the spool's own, one call at a time, and only
-from the flusher task or the final drain, never from ``log()``.
+from the spooler task or the final drain, never from ``log()``. The coordinator hears of each
+point's outcome from the ledger (it is the ledger's OutcomeListener) and records it on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ._buffer import LOGGED_AT, Point, PointQueue
+import anyio
+
+from ._accumulator import Accumulator
+from ._buffer import LOGGED_AT, ROW_ID, Point, PointQueue
+from ._ledger import Ledger
+from ._models import SPOOL_ERROR
+from ._options import LoggerOptions
 from ._shielding import rearm_cancellation, wait_through_cancellation
 from ._spool import Spool, SpoolError
-
-# Index of the row id and the trial component in a spooled point tuple (after the 5 fields of Point).
-ROW_ID = 5
-TRIAL_COMPONENT = 6
 
 # Rows loaded from the backlog per read, at most.
 _LOAD_CHUNK = 5_000
@@ -46,25 +51,30 @@ class SpoolCoordinator:
         directory: str | os.PathLike[str],
         *,
         trial_component: str,
-        spool_interval: float,
-        max_spool_bytes: int,
-        memory_capacity: int,
-        offline: bool,
+        options: LoggerOptions,
+        ledger: Ledger,
+        accumulator: Accumulator,
     ) -> None:
         self.directory = directory
         self.trial_component = trial_component
-        self.spool_interval = spool_interval
-        self.max_spool_bytes = max_spool_bytes
-        self.memory_capacity = memory_capacity  # queue + in flight, in points
-        self.offline = offline
+        self.spool_interval = options.spool_interval
+        self.max_spool_bytes = options.max_spool_bytes
+        self.memory_capacity = options.max_buffered  # queue + in flight, in points
+        self.offline = options.offline
+        self._on_full = options.on_full
+        self._ledger = ledger
+        self._accumulator = accumulator
         self.spool: Spool | None = None
+        self.wakeup: anyio.Event | None = None  # wakes the spooler task
         # One thread does every spool call, in order (a plain future, which no task
         # cancellation can abandon half-way; see _run).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metricsbuf-spool")
         self._stream_id = 0
 
-        self.staged: list[Point] = []  # logged, not yet on disk; ids next_id - len(staged) ... next_id - 1
-        self.next_id = 1
+        # Logged, not yet on disk. The logger's fast path appends here; the points take the
+        # ids _first_staged_id, _first_staged_id + 1, ... in order (next_id is the one after).
+        self.staging: deque[Point] = deque()
+        self._first_staged_id = 1
         self.cursor = 0  # every pending row with an id <= cursor is in memory (or settled)
         self.backlog = 0  # pending rows with an id > cursor: on disk only
         self.left_on_disk = 0  # rows this logger stopped trying (deferred, or still held at close)
@@ -87,7 +97,7 @@ class SpoolCoordinator:
         try:
             self.spool = await self._run(Spool.open, self.directory)
             self.recovered = self.backlog = await self._run(self.spool.count_pending)
-            self.next_id = await self._run(self.spool.next_row_id)
+            self._first_staged_id = await self._run(self.spool.next_row_id)
             self.used_bytes = await self._run(self.spool.used_bytes)
             self.full = self.used_bytes >= self.max_spool_bytes
         except BaseException:
@@ -100,7 +110,34 @@ class SpoolCoordinator:
             await self._run(spool.close)
         self._executor.shutdown(wait=False)
 
-    # -- the logger's hooks ------------------------------------------------------------------
+    # -- intake (the logger) -----------------------------------------------------------------
+
+    @property
+    def next_id(self) -> int:
+        """The id the next point logged will get."""
+        return self._first_staged_id + len(self.staging)
+
+    def wake(self) -> None:
+        if self.wakeup is not None:
+            self.wakeup.set()
+
+    def can_spill(self, count: int) -> bool:
+        """Whether ``count`` points past max_buffered may still be taken: they will wait on disk.
+
+        True when the spool has room (below max_spool_bytes) and the points staged since the
+        last commit (with those being written), plus ``count``, are at most max_buffered; the
+        spooler is woken to commit now. So memory holds at most max_buffered points queued or
+        in flight, plus as many on their way to disk.
+        """
+        if self.full or len(self.staging) + self.committing + count > self.memory_capacity:
+            return False
+        self.wake()
+        return True
+
+    # -- outcomes (the ledger's OutcomeListener) ------------------------------------------------
+
+    def settled(self) -> None:
+        self.wake()  # the spooler records it on disk soon, or loads more backlog
 
     def delivered(self, points: list[Any]) -> None:
         self._delete_ids.extend(p[ROW_ID] for p in points)
@@ -131,17 +168,22 @@ class SpoolCoordinator:
     def pending_on_disk_only(self) -> int:
         return self.backlog + self.left_on_disk
 
-    def first_unsettled_id(self, queue: PointQueue, groups_first_ids: list[int]) -> int:
+    @property
+    def nothing_left_to_send(self) -> bool:
+        """Nothing staged, being written, or (online) waiting on disk to be loaded."""
+        return not self.staging and not self.busy and (self.offline or self.backlog == 0)
+
+    def first_unsettled_id(self) -> int:
         """The smallest id this logger still has to deliver in this run (``next_id`` if none)."""
-        candidates = [self.next_id - len(self.staged)] if self.staged else []
+        candidates = [self._first_staged_id] if self.staging else []
         if self._committing_from is not None:
             candidates.append(self._committing_from)
         if self.backlog and not self.offline:  # offline, a row on disk is as far as a point goes
             candidates.append(self.cursor + 1)
-        head = queue.peek()
+        head = self._accumulator.queue.peek()
         if head is not None:
             candidates.append(head[ROW_ID])
-        candidates.extend(groups_first_ids)
+        candidates.extend(self._accumulator.held_positions())
         return min(candidates, default=self.next_id)
 
     def seconds_until_commit(
@@ -152,12 +194,13 @@ class SpoolCoordinator:
         ``in_memory`` counts the points in the queue and in flight.
         """
         due: float | None = None
-        if self.staged:
-            if urgent or in_memory + len(self.staged) >= self.memory_capacity:
+        staging = self.staging
+        if staging:
+            if urgent or in_memory + len(staging) >= self.memory_capacity:
                 return 0.0  # flush/close, or memory is full: write, so staged points can leave memory
-            if not self.offline and len(queue) < max_batch_size <= len(queue) + len(self.staged):
+            if not self.offline and len(queue) < max_batch_size <= len(queue) + len(staging):
                 return 0.0  # a full batch is waiting to be sent: write it first
-            due = max(0.0, self.staged[0][LOGGED_AT] + self.spool_interval - now)
+            due = max(0.0, staging[0][LOGGED_AT] + self.spool_interval - now)
         if self._unsettled_since is not None:
             delay = min(self.spool_interval, _SETTLE_DELAY)
             settle = 0.0 if urgent else max(0.0, self._unsettled_since + delay - now)
@@ -181,20 +224,22 @@ class SpoolCoordinator:
         queue). Raises SpoolError.
         """
         assert self.spool is not None
-        staged, self.staged = self.staged, []
+        first_id = self._first_staged_id
+        staged = self._take_staged()
         deletes, self._delete_ids = self._delete_ids, []
         dead, self._dead = self._dead, []
         self._unsettled_since = None
-        expected_last = self.next_id - 1  # ids are assigned in staging order
+        expected_last = first_id + len(staged) - 1  # ids are assigned in staging order
         if staged:
-            self._committing_from = expected_last - len(staged) + 1
+            self._committing_from = first_id
             self.committing = len(staged)
         try:
             last_id, self.used_bytes = await self._run(self._commit, staged, deletes, dead, expected_last)
             self.full = self.used_bytes >= self.max_spool_bytes
         except BaseException:
             # Nothing was written: keep everything for the next attempt (or the final report).
-            self.staged = staged + self.staged
+            self.staging.extendleft(reversed(staged))
+            self._first_staged_id = first_id
             self._delete_ids = deletes + self._delete_ids
             self._dead = dead + self._dead
             raise
@@ -230,20 +275,114 @@ class SpoolCoordinator:
         room = self.memory_capacity - len(queue) - in_flight
         return await self._load(queue, min(room, _LOAD_CHUNK)) if room > 0 else 0
 
-    async def final_commit(self) -> None:
+    def _take_staged(self) -> list[Point]:
+        """Empties the staging area; its points now have their ids (the next ones are counted on)."""
+        staged = list(self.staging)
+        self.staging.clear()
+        self._first_staged_id += len(staged)
+        return staged
+
+    async def _final_commit(self) -> None:
         """At close: writes what is staged (it stays on disk, pending), deletions and dead letters.
 
         From here on the close accounts for every point still held (see ``finalized``). Raises
-        SpoolError; then the staged points are still in ``staged``.
+        SpoolError; then the staged points are back in ``staging``.
         """
         assert self.spool is not None
         self.finalized = True
-        staged = self.staged
+        first_id = self._first_staged_id
+        staged = self._take_staged()
         deletes, self._delete_ids = self._delete_ids, []
         dead, self._dead = self._dead, []
-        expected_last = self.next_id - 1
-        _, self.used_bytes = await self._run(self._commit, staged, deletes, dead, expected_last)
-        self.staged = []
+        try:
+            _, self.used_bytes = await self._run(
+                self._commit, staged, deletes, dead, first_id + len(staged) - 1
+            )
+        except SpoolError:
+            self.staging.extendleft(reversed(staged))
+            self._first_staged_id = first_id
+            raise
+
+    async def drain_to_disk(self) -> SpoolError | None:
+        """At close: what was not delivered stays on disk; nothing is failed for time.
+
+        Writes what is staged; every point still held then counts as left on disk (the queued,
+        in-flight and resend ones were written before, and so were those of a commit that
+        outlived the close deadline). Points that could not be written fail with SPOOL_ERROR;
+        returns that error.
+        """
+        error: SpoolError | None = None
+        try:
+            await self._final_commit()  # completes even if cancelled (see _run)
+        except SpoolError as exc:
+            error = exc
+            lost = self._take_staged()
+            self._ledger.record_failed(
+                lost, SPOOL_ERROR, f"could not be written to the spool: {exc}", 0, in_spool=False
+            )
+        self._accumulator.take_all_held()
+        self._ledger.leave_on_disk(self._ledger.held)
+        return error
+
+    # -- the spooler task -------------------------------------------------------------------
+
+    async def run_spooler(self, closing: Callable[[], bool]) -> None:
+        """Commits staged points, deliveries and dead letters; loads the backlog as the queue drains.
+
+        A task of its own (in the logger's flusher), so that disk I/O never waits behind
+        in-flight slots (an outage holds them all) and batches never wait behind the disk.
+        ``closing()`` tells whether the logger is closing.
+        """
+        accumulator = self._accumulator
+        while True:
+            is_closing = closing()
+            if is_closing and self.nothing_left_to_send:
+                return  # what is left (deliveries, dead letters) is written by the final commit
+            urgent = is_closing or (
+                bool(self.staging) and accumulator.urgent_position > self._first_staged_id
+            )
+            in_memory = self._ledger.held - len(self.staging)
+            delay = self.seconds_until_commit(
+                time.time(), urgent, accumulator.queue, in_memory, accumulator.max_batch_size
+            )
+            if delay == 0.0:
+                await self._commit_and_load()
+                accumulator.wake()  # new points in the queue, perhaps
+                continue
+            self.wakeup = wakeup = anyio.Event()
+            with anyio.move_on_after(math.inf if delay is None else delay):
+                await wakeup.wait()
+
+    async def _commit_and_load(self) -> None:
+        """Writes staged points, deletions and dead letters; staged points then leave memory or queue up."""
+        ledger = self._ledger
+        queue = self._accumulator.queue
+
+        def in_flight() -> int:  # in the sender's slots: neither staged, being written, nor queued
+            return ledger.held - len(self.staging) - self.committing - len(queue)
+
+        committed, moved = await self.commit(queue, in_flight)
+        if self.finalized:
+            return  # finished after the close deadline: the close counted these points
+        # Accounted before the next await, so a cancellation there cannot skew the counts.
+        ledger.held += moved - committed
+        if committed or self.full:
+            # Room in the staging area, or the spool became full: a producer waiting for room
+            # checks again (and applies on_full if the spool can take no more).
+            ledger.notify_room()
+        ledger.notify_progress()  # offline, a commit settles points
+        loaded = await self.load_backlog(queue, in_flight(), self._accumulator.max_batch_size)
+        ledger.held += loaded  # not `held += await ...`: that reads held before the await
+        if self.full:
+            ledger.reporter.warnings.warn(
+                "spool-full",
+                "metricsbuf: the spool %s holds %d bytes (max_spool_bytes=%d); "
+                "on_full=%r applies to new points",
+                self.directory,
+                self.used_bytes,
+                self.max_spool_bytes,
+                self._on_full,
+            )
 
     def _commit(
         self,

@@ -32,6 +32,7 @@ from metricsbuf import (
     MetricsBufError,
     MetricsLogger,
 )
+from metricsbuf._accumulator import Accumulator
 from metricsbuf._spool import Spool
 
 
@@ -347,10 +348,10 @@ async def test_a_point_waiting_to_be_resent_fails_at_its_delivery_timeout() -> N
 
 
 def _kill_flusher(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def broken(self: MetricsLogger) -> None:
+    async def broken(self: Accumulator, no_more_points: object) -> None:
         raise RuntimeError("flusher bug")
 
-    monkeypatch.setattr(MetricsLogger, "_wait_until_batch_due", broken)
+    monkeypatch.setattr(Accumulator, "wait_until_batch_due", broken)
 
 
 async def test_body_exception_is_not_replaced_by_a_dead_flusher(
@@ -521,3 +522,50 @@ async def test_a_spool_commit_slower_than_the_close_deadline_neither_loses_nor_d
     assert again.stats.delivered == on_disk
     stored_steps = [p["Step"] for p in client.stored]
     assert sorted(stored_steps) == sorted(set(range(50)) - failed_steps)
+
+
+@pytest.mark.parametrize("on_full", ["block", "raise"])
+async def test_a_producer_waiting_for_a_spool_commit_is_woken_by_it(tmp_path: Path, on_full: str) -> None:
+    client = FakeClient()
+    client.gate = asyncio.Event()  # nothing is delivered: memory stays full of points in flight
+    async with MetricsLogger(
+        "run-1",
+        client=client,
+        spool_dir=tmp_path,
+        max_buffered=10,
+        on_full=on_full,  # type: ignore[arg-type]
+        close_timeout=0.5,
+    ) as metrics:
+        for step in range(10):
+            await metrics.log("loss", float(step), step=step)
+        # Memory is full of staged points; the next call waits for the commit that writes them,
+        # after which the spool takes more past max_buffered (it has room).
+        await asyncio.wait_for(metrics.log("loss", 10.0, step=10), 5)
+        assert metrics.stats.logged == 11
+        client.gate.set()
+    assert metrics.stats.delivered == 11
+
+
+@pytest.mark.parametrize("attempt", range(5))
+async def test_a_producer_waiting_for_room_gets_on_full_when_the_spool_fills(
+    tmp_path: Path, attempt: int
+) -> None:
+    client = FakeClient()
+    client.gate = asyncio.Event()  # nothing is delivered
+    async with MetricsLogger(
+        "run-1",
+        client=client,
+        spool_dir=tmp_path,
+        max_spool_bytes=1 << 16,
+        max_buffered=10,
+        on_full="raise",
+        spool_interval=0.01,
+        close_timeout=0.5,
+    ) as metrics:
+        with pytest.raises(BufferFullError):
+            for step in range(100_000):
+                # Never a hang: once the spool is full, on_full="raise" applies, also to a call
+                # that was already waiting for a commit when the spool filled up.
+                await asyncio.wait_for(metrics.log("a-long-metric-name-to-fill-pages", 1.0, step=step), 5)
+        client.gate.set()
+    assert_accounted(metrics.stats)

@@ -11,6 +11,7 @@ import pytest
 from conftest import FakeClient, assert_accounted
 
 from metricsbuf import CLOSE_TIMEOUT, FLUSHER_CRASHED, LoggerClosedError, MetricsBufError, MetricsLogger
+from metricsbuf._accumulator import Accumulator
 
 
 async def test_close_delivers_everything(client: FakeClient) -> None:
@@ -184,10 +185,10 @@ async def test_dead_flusher_makes_calls_raise_instead_of_hanging(
 ) -> None:
     metrics = MetricsLogger("run-1", client=client, max_buffered=5)
 
-    async def broken(self: MetricsLogger) -> None:
+    async def broken(self: Accumulator, no_more_points: object) -> None:
         raise RuntimeError("flusher bug")
 
-    monkeypatch.setattr(MetricsLogger, "_wait_until_batch_due", broken)
+    monkeypatch.setattr(Accumulator, "wait_until_batch_due", broken)
     await metrics.start()
     metrics.log_nowait("loss", 1.0)
     await asyncio.sleep(0.01)
@@ -206,11 +207,11 @@ async def test_blocked_producer_is_released_when_the_flusher_dies(
 ) -> None:
     gate = asyncio.Event()
 
-    async def broken(self: MetricsLogger) -> None:
+    async def broken(self: Accumulator, no_more_points: object) -> None:
         await gate.wait()
         raise RuntimeError("flusher bug")
 
-    monkeypatch.setattr(MetricsLogger, "_wait_until_batch_due", broken)
+    monkeypatch.setattr(Accumulator, "wait_until_batch_due", broken)
     metrics = MetricsLogger("run-1", client=client, max_buffered=1, on_full="block")
     await metrics.start()
     await metrics.log("a", 1.0)

@@ -209,7 +209,7 @@ async def test_outage_with_small_max_buffered_drops_nothing_and_bounds_memory(tm
         try:
             for step in range(20_000):
                 await metrics.log("loss", float(step), step=step)
-                peak_in_memory = max(peak_in_memory, metrics._held)
+                peak_in_memory = max(peak_in_memory, metrics._ledger.held)
                 if step % 20 == 0:
                     await asyncio.sleep(0)
             _, peak_bytes = tracemalloc.get_traced_memory()
