@@ -15,11 +15,9 @@ Where a point goes, module by module::
     Ledger (_ledger.py)                      the one record of outcomes: delivered, failed
                                               (FailureReporter), dropped, left on disk
 
-The flusher is an asyncio task of its own rather than a child of the caller's task group:
-it has to outlive a cancelled caller long enough to drain (``close_timeout``), and
-``start()``/``aclose()`` may be called from different tasks. Everything it runs (the sender's
-slots and the spooler) lives in an anyio task group inside it, so the whole tree is
-cancelled together at the close deadline.
+Around them: _intake.py (validation, max_buffered and on_full), _flusher.py (the background
+task that runs the sender and the spooler, and how it ended), _shielding.py (waits that survive
+cancellation, for the close), _options.py (the checked options).
 """
 
 from __future__ import annotations
@@ -27,9 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import math
 import os
-import sys
 import threading
 import time
 import weakref
@@ -44,9 +40,11 @@ import anyio.lowlevel
 
 from . import _validation as v
 from ._accumulator import Accumulator
-from ._buffer import NAME, Point, PointQueue
+from ._buffer import Point, PointQueue
 from ._client import MetricsClient, open_own_client, warn_if_client_retries
-from ._exceptions import BufferFullError, InvalidMetricError, LoggerClosedError, MetricsBufError
+from ._exceptions import InvalidMetricError, LoggerClosedError, MetricsBufError
+from ._flusher import Flusher
+from ._intake import Intake
 from ._ledger import Ledger
 from ._models import CLOSE_TIMEOUT, FLUSHER_CRASHED, FailedMetric, MetricsStats
 from ._options import LoggerOptions, NonFinite, OnFull
@@ -58,17 +56,12 @@ from ._spool import SpoolError
 from ._spooling import SpoolCoordinator
 from ._validation import MAX_STEP
 
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
-
 # How long aclose() waits for cancelled sends to unwind after close_timeout, before it
 # accounts for them anyway; exit stays within close_timeout plus about this much.
 _CANCEL_GRACE = 2.0
 _wall_clock = time.time  # a module global: one lookup on the hot path
 # A position above every point's: flush everything.
 _EVERYTHING = 1 << 62
-# Beyond this many distinct names, new names are validated at every call instead of cached.
-_NAME_CACHE_LIMIT = 10_000
 
 # Loggers started in this process. A forked child must not use them (their flusher and client
 # live in the parent), so at fork each child copy stops accepting points; see _check_context.
@@ -192,13 +185,6 @@ class MetricsLogger:
             max_spool_bytes=max_spool_bytes,
             offline=offline,
         )
-        # Read on every call: plain attributes, not lookups through the options.
-        self._max_batch_size = options.max_batch_size
-        self._max_buffered = options.max_buffered
-        self._on_full = options.on_full
-        self._drop_non_finite = options.non_finite == "drop"
-        self._known_names: set[str] = set()
-
         # The parts (see the module docstring).
         self._ledger = Ledger(self._trial_component, options.on_failure)
         queue = PointQueue(options.max_batch_size, options.flush_interval)
@@ -220,20 +206,20 @@ class MetricsLogger:
                 accumulator=self._accumulator,
             )
             self._ledger.listener = self._spool
-        # Where an accepted point goes, decided once: the queue, or the spool's staging area
-        # (it is written to disk before it may be sent). The fast path of log() appends there.
-        self._intake_points = queue.points if self._spool is None else self._spool.staging
-        self._wake_intake = self._accumulator.wake if self._spool is None else self._spool.wake
+        self._intake = Intake(options, self._ledger, self._accumulator, self._spool, self._check_running)
+        # Read by log()'s fast path at every call: attributes of the logger's own.
+        self._intake_points = self._intake.points
+        self._wake_intake = self._intake.wake
+        self._known_names = self._intake.known_names
+        self._max_batch_size = options.max_batch_size
+        self._max_buffered = options.max_buffered
+        self._flusher = Flusher(
+            f"metricsbuf-flusher[{self._trial_component}]", self._run_flusher, self._on_flusher_end
+        )
 
         self._state = _State.NEW
         self._accepting = False  # RUNNING, in the right process, and the flusher alive
         self._stack: contextlib.AsyncExitStack | None = None
-        self._flusher: asyncio.Task[None] | None = None
-        self._fatal: BaseException | None = None
-        # The flusher task was cancelled by something other than this logger (task.cancel(),
-        # the cancel-all SIGTERM idiom, or the end of its event loop).
-        self._flusher_cancelled_from_outside = False
-        self._stopping_flusher = False  # this logger cancels it itself, at the close deadline
         self._closed: asyncio.Future[None] | None = None  # done once aclose() has finished
         self._spool_error: SpoolError | None = None
         # Where the logger runs: calls from another event loop, thread or (forked) process
@@ -327,16 +313,9 @@ class MetricsLogger:
             raise
         self._accumulator.wakeup = anyio.Event()
         self._closed = loop.create_future()
-        self._start_flusher()
+        self._flusher.start(loop)
         _started_loggers.add(self)
         self._accepting = True
-
-    def _start_flusher(self) -> None:
-        assert self._loop is not None
-        self._flusher = self._loop.create_task(
-            self._run_flusher(), name=f"metricsbuf-flusher[{self._trial_component}]"
-        )
-        self._flusher.add_done_callback(self._on_flusher_done)
 
     async def aclose(self) -> None:
         """Stops intake and drains within ``close_timeout``; what is still held then fails with CLOSE_TIMEOUT.
@@ -385,38 +364,16 @@ class MetricsLogger:
         Every await here survives cancellation (see _shielding.py); returns whether the
         calling task was cancelled meanwhile.
         """
-        assert self._loop is not None and self._stack is not None
-        loop = self._loop
-        deadline = loop.time() + self._options.close_timeout
-        cancelled = False
-        while True:
-            flusher = self._flusher
-            assert flusher is not None
-            cancelled |= await wait_through_cancellation(flusher, deadline - loop.time())
-            # Read off the task itself: its done callback may not have run yet.
-            if flusher.done() and flusher.cancelled() and not self._stopping_flusher:
-                self._flusher_cancelled_from_outside = True
-            if not (self._flusher_cancelled_from_outside and loop.time() < deadline):
-                break
-            # Cancelled from outside (the cancel-all SIGTERM idiom): a new flusher finishes the
-            # drain; the requests cancelled in flight are sent again.
-            log.info("metricsbuf: the flusher task was cancelled from outside; a new one finishes the drain")
-            self._accumulator.take_back_in_flight()
-            self._flusher_cancelled_from_outside = False
-            self._start_flusher()
-        flusher = self._flusher
-        assert flusher is not None
-        if not flusher.done():
-            self._stopping_flusher = True
-            flusher.cancel()
-            cancelled |= await wait_through_cancellation(flusher, _CANCEL_GRACE)
+        cancelled = await self._flusher.drain(
+            self._options.close_timeout, _CANCEL_GRACE, self._accumulator.take_back_in_flight
+        )
         if self._spool is not None:
             # What was not delivered stays on disk; nothing is failed for time.
             self._spool_error = await self._spool.drain_to_disk()
         else:
             self._report_what_is_held()
         cancelled |= await self._close_resources()
-        if self._spool_error is not None and self._fatal is None:
+        if self._spool_error is not None and self._flusher.fatal is None:
             raise self._spool_error
         return cancelled
 
@@ -441,9 +398,9 @@ class MetricsLogger:
 
     def _report_what_is_held(self) -> None:
         """At close, without a spool: what is still held was not delivered in time (or the flusher died)."""
-        if self._fatal is not None:
-            code, message = FLUSHER_CRASHED, f"the background flusher died: {self._fatal!r}"
-        elif self._flusher_cancelled_from_outside:
+        if self._flusher.fatal is not None:
+            code, message = FLUSHER_CRASHED, f"the background flusher died: {self._flusher.fatal!r}"
+        elif self._flusher.cancelled_from_outside:
             code, message = FLUSHER_CRASHED, "the background flusher was cancelled from outside"
         else:
             code = CLOSE_TIMEOUT
@@ -461,34 +418,25 @@ class MetricsLogger:
         for attempts, point in held.resends:
             record_failed([point], code, message + " (waiting to be resent)", attempts)
 
-    def _on_flusher_done(self, task: asyncio.Task[None]) -> None:
-        if task is not self._flusher:
-            return  # an earlier flusher, replaced for the drain
-        if task.cancelled():
-            if not self._stopping_flusher:
-                self._flusher_cancelled_from_outside = True
-                self._accepting = False
-                if self._state is _State.RUNNING and self._ledger.held:
-                    log.warning(
-                        "metricsbuf: the flusher task of trial component %r was cancelled from outside "
-                        "(task.cancel(), or the end of its event loop) while %d points were held; they are "
-                        "sent only if the logger is closed on its event loop ('async with' or aclose())",
-                        self._trial_component,
-                        self._ledger.held,
-                    )
-        elif task.exception() is not None:
-            fatal = task.exception()
-            # The flusher's task group wraps what killed it; name the cause itself when it is one.
-            while isinstance(fatal, BaseExceptionGroup) and len(fatal.exceptions) == 1:
-                fatal = fatal.exceptions[0]
-            self._fatal = fatal
+    def _on_flusher_end(self) -> None:
+        """The flusher task ended: unless it finished a drain, the logger takes no more points."""
+        flusher = self._flusher
+        if flusher.fatal is not None or flusher.cancelled_from_outside:
             self._accepting = False
-            log.error("metricsbuf: the background flusher died", exc_info=self._fatal)
+        if flusher.cancelled_from_outside and self._state is _State.RUNNING and self._ledger.held:
+            log.warning(
+                "metricsbuf: the flusher task of trial component %r was cancelled from outside "
+                "(task.cancel(), or the end of its event loop) while %d points were held; they are "
+                "sent only if the logger is closed on its event loop ('async with' or aclose())",
+                self._trial_component,
+                self._ledger.held,
+            )
         self._wake_all()
 
     def _raise_if_fatal(self) -> None:
-        if self._fatal is not None:
-            raise LoggerClosedError(f"the metricsbuf flusher died: {self._fatal!r}") from self._fatal
+        fatal = self._flusher.fatal
+        if fatal is not None:
+            raise LoggerClosedError(f"the metricsbuf flusher died: {fatal!r}") from fatal
 
     def _check_running(self) -> None:
         if not self._accepting:
@@ -526,7 +474,7 @@ class MetricsLogger:
             raise MetricsBufError(
                 "the MetricsLogger is not started: use 'async with' or 'await logger.start()'"
             )
-        if self._flusher_cancelled_from_outside and self._state is _State.RUNNING:
+        if self._flusher.cancelled_from_outside and self._state is _State.RUNNING:
             raise LoggerClosedError(
                 "the MetricsLogger's background flusher task was cancelled from outside (task.cancel(), "
                 "or the end of its event loop); it takes no more points. Close it (aclose()) on its "
@@ -557,9 +505,9 @@ class MetricsLogger:
             MetricsBufError: called from another event loop, thread or process (see README).
         """
         # The fast path: the usual call (a float, a known name, an int step or none, no
-        # timestamp, room in memory) is checked and queued inline; it is _enqueue() written
-        # out, on purpose (a call would cost a sizeable share of a log()). Anything else takes
-        # the general path below, which applies the same rules.
+        # timestamp, room in memory) is checked and queued inline; it is Intake.enqueue()
+        # written out, on purpose (a call would cost a sizeable share of a log()). Anything
+        # else takes the general path below, which applies the same rules.
         if (
             self._accepting
             and _get_running_loop() is self._loop  # not another loop, thread or forked process
@@ -581,11 +529,11 @@ class MetricsLogger:
                 self._wake_intake()
             return
         self._check_running()
-        point = self._make_point(name, value, step, timestamp, _wall_clock())
+        point = self._intake.make_point(name, value, step, timestamp, _wall_clock())
         if point is None:
             self._ledger.record_rejected(name, value)
         else:
-            await self._accept([point])
+            await self._intake.accept([point])
 
     async def log_many(
         self,
@@ -610,7 +558,7 @@ class MetricsLogger:
         points: list[Point] = []
         non_finite: list[tuple[str, Any]] = []
         for name, value in metrics.items():
-            point = self._make_point(name, value, step, timestamp, now)
+            point = self._intake.make_point(name, value, step, timestamp, now)
             if point is None:
                 non_finite.append((name, value))
             else:
@@ -618,7 +566,7 @@ class MetricsLogger:
         for name, value in non_finite:  # counted only once every point has passed
             self._ledger.record_rejected(name, value)
         if points:
-            await self._accept(points)
+            await self._intake.accept(points)
 
     def log_nowait(
         self, name: str, value: float, *, step: int | None = None, timestamp: datetime | float | None = None
@@ -628,119 +576,11 @@ class MetricsLogger:
         Under ``on_full="block"`` it cannot wait, so a full buffer raises BufferFullError.
         """
         self._check_running()
-        point = self._make_point(name, value, step, timestamp, _wall_clock())
+        point = self._intake.make_point(name, value, step, timestamp, _wall_clock())
         if point is None:
             self._ledger.record_rejected(name, value)
-            return
-        if (
-            self._ledger.held >= self._max_buffered
-            and not self._spill_to_disk(1)
-            and not self._make_room(point)
-        ):
-            return
-        self._enqueue(point)
-
-    def _make_point(self, name: Any, value: Any, step: Any, timestamp: Any, now: float) -> Point | None:
-        """Validates one point; returns it as a tuple, or None for a non-finite value under "drop".
-
-        Records nothing: the caller counts a None as rejected once the whole call is valid.
-        """
-        if type(name) is not str or name not in self._known_names:
-            v.check_name(name)
-            if len(self._known_names) < _NAME_CACHE_LIMIT:
-                self._known_names.add(name)
-        if type(value) is not float:
-            value = v.coerce_value(name, value)
-        if not math.isfinite(value):
-            if not self._drop_non_finite:
-                raise InvalidMetricError(f"value of metric {name!r} is not finite: {value!r}")
-            return None
-        if step is not None and (type(step) is not int or not 0 <= step <= MAX_STEP):
-            step = v.coerce_step(name, step)
-        if timestamp is None:
-            return (name, value, step, now, now)
-        return (name, value, step, v.coerce_timestamp(name, timestamp, now), now)
-
-    def _enqueue(self, point: Point) -> None:
-        """Counts a valid point as logged and puts it where accepted points go (see __init__)."""
-        self._ledger.accepted()
-        points = self._intake_points
-        points.append(point)
-        length = len(points)
-        if length == 1 or length == self._max_batch_size:
-            self._wake_intake()
-
-    async def _accept(self, points: list[Point]) -> None:
-        """Queues valid points, first applying max_buffered: spill to disk, wait for room, or on_full.
-
-        Under "block" and "raise" it takes all the points or none.
-        """
-        count = len(points)
-        ledger = self._ledger
-        while ledger.held + count > self._max_buffered and not self._spill_to_disk(count):
-            if count > self._max_buffered:
-                raise BufferFullError(
-                    f"{count} points in one call can never fit max_buffered={self._max_buffered}; "
-                    "none of them was logged"
-                )
-            if self._on_full == "block" or (self._spool is not None and not self._spool.full):
-                # With a spool that has room, a full memory waits for the next commit (milliseconds),
-                # whatever on_full says. Checked again after each wake-up: the spool may fill meanwhile.
-                await ledger.room_changed().wait()
-                if not self._accepting:
-                    self._raise_not_running()
-                continue
-            if self._on_full == "raise":
-                if count == 1:
-                    self._make_room(points[0])  # raises, with the point's name
-                raise BufferFullError(
-                    f"{ledger.held} points held (max_buffered={self._max_buffered}); none of the "
-                    f"{count} points {', '.join(repr(p[NAME]) for p in points)} was logged (on_full='raise')"
-                )
-            # The drop policies decide point by point, each drop counted.
-            for point in points:
-                if ledger.held < self._max_buffered or self._spill_to_disk(1) or self._make_room(point):
-                    self._enqueue(point)
-            return
-        for point in points:
-            self._enqueue(point)
-
-    def _spill_to_disk(self, count: int) -> bool:
-        """Whether a spool can take ``count`` more points past max_buffered (SpoolCoordinator.can_spill)."""
-        return self._spool is not None and self._spool.can_spill(count)
-
-    def _make_room(self, point: Point) -> bool:
-        """Applies a non-blocking on_full policy when max_buffered points are held.
-
-        Returns True when the new point may be enqueued.
-        """
-        policy = self._on_full
-        ledger = self._ledger
-        if policy == "raise" or policy == "block":  # "block" reaches here only from log_nowait
-            raise BufferFullError(
-                f"{ledger.held} points held (max_buffered={self._max_buffered}); "
-                f"point {point[NAME]!r} was not logged (on_full={policy!r})"
-            )
-        if policy == "drop_oldest":
-            oldest = self._accumulator.pop_oldest()
-            if oldest is not None:
-                ledger.record_dropped_oldest(oldest)
-                self._warn_dropped(policy)
-                return True
-        # drop_newest, or drop_oldest with every held point already in flight: the new point
-        # is accepted and dropped at once, so it still counts as logged.
-        ledger.record_dropped_new()
-        self._warn_dropped(policy)
-        return False
-
-    def _warn_dropped(self, policy: str) -> None:
-        self._ledger.reporter.warnings.warn(
-            "dropped",
-            "metricsbuf: buffer full (max_buffered=%d), dropping points (on_full=%r); %d dropped so far",
-            self._max_buffered,
-            policy,
-            self._ledger.dropped,
-        )
+        else:
+            self._intake.accept_nowait(point)
 
     # ------------------------------------------------------------------------------------------
     # Flushing and results

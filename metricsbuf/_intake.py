@@ -1,0 +1,160 @@
+"""Intake: how a point is taken in, after ``log()`` has checked it may be called at all.
+
+It validates the point (the service's rules, in _validation.py), applies ``max_buffered`` and
+the ``on_full`` policy, and puts the accepted point where accepted points go: the
+accumulator's queue, or with a spool its staging area (the point is written to disk before it
+may be sent). That choice is made once, here. ``log()``'s fast path does the same as
+:meth:`Intake.enqueue` inline, reading ``points`` and ``known_names`` directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from . import _validation as v
+from ._accumulator import Accumulator
+from ._buffer import NAME, Point
+from ._exceptions import BufferFullError, InvalidMetricError
+from ._ledger import Ledger
+from ._options import LoggerOptions
+from ._spooling import SpoolCoordinator
+
+# Beyond this many distinct names, new names are validated at every call instead of cached.
+NAME_CACHE_LIMIT = 10_000
+
+
+class Intake:
+    """Validation, max_buffered and on_full for one logger's points."""
+
+    def __init__(
+        self,
+        options: LoggerOptions,
+        ledger: Ledger,
+        accumulator: Accumulator,
+        spool: SpoolCoordinator | None,
+        check_accepting: Callable[[], None],
+    ) -> None:
+        self._ledger = ledger
+        self._accumulator = accumulator
+        self._spool = spool
+        self._check_accepting = check_accepting  # raises if the logger stopped taking points
+        self.max_batch_size = options.max_batch_size
+        self.max_buffered = options.max_buffered
+        self._on_full = options.on_full
+        self._drop_non_finite = options.non_finite == "drop"
+        self.known_names: set[str] = set()  # names already checked
+        # Where an accepted point goes, and whom to wake when it is the first one there or
+        # completes a batch.
+        if spool is None:
+            self.points = accumulator.queue.points
+            self.wake: Callable[[], None] = accumulator.wake
+        else:
+            self.points = spool.staging
+            self.wake = spool.wake
+
+    def make_point(self, name: Any, value: Any, step: Any, timestamp: Any, now: float) -> Point | None:
+        """Validates one point; returns it as a tuple, or None for a non-finite value under "drop".
+
+        Records nothing: the caller counts a None as rejected once the whole call is valid.
+        """
+        if type(name) is not str or name not in self.known_names:
+            v.check_name(name)
+            if len(self.known_names) < NAME_CACHE_LIMIT:
+                self.known_names.add(name)
+        if type(value) is not float:
+            value = v.coerce_value(name, value)
+        if not math.isfinite(value):
+            if not self._drop_non_finite:
+                raise InvalidMetricError(f"value of metric {name!r} is not finite: {value!r}")
+            return None
+        if step is not None and (type(step) is not int or not 0 <= step <= v.MAX_STEP):
+            step = v.coerce_step(name, step)
+        if timestamp is None:
+            return (name, value, step, now, now)
+        return (name, value, step, v.coerce_timestamp(name, timestamp, now), now)
+
+    def enqueue(self, point: Point) -> None:
+        """Counts a valid point as logged and puts it where accepted points go."""
+        self._ledger.accepted()
+        points = self.points
+        points.append(point)
+        length = len(points)
+        if length == 1 or length == self.max_batch_size:
+            self.wake()
+
+    async def accept(self, points: list[Point]) -> None:
+        """Queues valid points, first applying max_buffered: spill to disk, wait for room, or on_full.
+
+        Under "block" and "raise" it takes all the points or none.
+        """
+        count = len(points)
+        ledger = self._ledger
+        while ledger.held + count > self.max_buffered and not self._spill_to_disk(count):
+            if count > self.max_buffered:
+                raise BufferFullError(
+                    f"{count} points in one call can never fit max_buffered={self.max_buffered}; "
+                    "none of them was logged"
+                )
+            if self._on_full == "block" or (self._spool is not None and not self._spool.full):
+                # With a spool that has room, a full memory waits for the next commit (milliseconds),
+                # whatever on_full says. Checked again after each wake-up: the spool may fill meanwhile.
+                await ledger.room_changed().wait()
+                self._check_accepting()
+                continue
+            if self._on_full == "raise":
+                if count == 1:
+                    self._make_room(points[0])  # raises, with the point's name
+                raise BufferFullError(
+                    f"{ledger.held} points held (max_buffered={self.max_buffered}); none of the "
+                    f"{count} points {', '.join(repr(p[NAME]) for p in points)} was logged (on_full='raise')"
+                )
+            for point in points:  # the drop policies decide point by point, each drop counted
+                self.accept_nowait(point)
+            return
+        for point in points:
+            self.enqueue(point)
+
+    def accept_nowait(self, point: Point) -> None:
+        """Queues a valid point without waiting; a full buffer applies on_full ("block" raises)."""
+        if self._ledger.held < self.max_buffered or self._spill_to_disk(1) or self._make_room(point):
+            self.enqueue(point)
+
+    def _spill_to_disk(self, count: int) -> bool:
+        """Whether a spool takes ``count`` more points past max_buffered (SpoolCoordinator.can_spill)."""
+        return self._spool is not None and self._spool.can_spill(count)
+
+    def _make_room(self, point: Point) -> bool:
+        """Applies a non-blocking on_full policy when max_buffered points are held.
+
+        Returns True when the new point may be enqueued.
+        """
+        policy = self._on_full
+        ledger = self._ledger
+        if policy == "raise" or policy == "block":  # "block" reaches here only from log_nowait
+            raise BufferFullError(
+                f"{ledger.held} points held (max_buffered={self.max_buffered}); "
+                f"point {point[NAME]!r} was not logged (on_full={policy!r})"
+            )
+        if policy == "drop_oldest":
+            oldest = self._accumulator.pop_oldest()
+            if oldest is not None:
+                ledger.record_dropped_oldest(oldest)
+                self._warn_dropped(policy)
+                return True
+        # drop_newest, or drop_oldest with every held point already in flight: the new point
+        # is accepted and dropped at once, so it still counts as logged.
+        ledger.record_dropped_new()
+        self._warn_dropped(policy)
+        return False
+
+    def _warn_dropped(self, policy: str) -> None:
+        self._ledger.reporter.warnings.warn(
+            "dropped",
+            "metricsbuf: buffer full (max_buffered=%d), dropping points (on_full=%r); %d dropped so far",
+            self.max_buffered,
+            policy,
+            self._ledger.dropped,
+        )
+
