@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._exceptions import MetricsBufError
 from ._pacing import StepPacer
+
+if TYPE_CHECKING:  # _options imports MetricsClient from here
+    from ._options import LoggerOptions
 
 log = logging.getLogger("metricsbuf")
 
@@ -19,6 +22,24 @@ class MetricsClient(Protocol):
     """What a logger needs from a client: an aiobotocore ``sagemaker-metrics`` client has it."""
 
     async def batch_put_metrics(self, **kwargs: Any) -> dict[str, Any]: ...
+
+
+async def client_for(
+    options: LoggerOptions, stack: contextlib.AsyncExitStack, pacer: StepPacer
+) -> MetricsClient | None:
+    """The client a logger sends with: the caller's, its own (closed by ``stack``), or none offline."""
+    if options.offline:
+        return None
+    if options.client is not None:
+        warn_if_client_retries(options.client)
+        return options.client
+    return await open_own_client(
+        stack,
+        region_name=options.region_name,
+        endpoint_url=options.endpoint_url,
+        max_in_flight=options.max_in_flight,
+        pacer=pacer,
+    )
 
 
 async def open_own_client(

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from ._models import CLOSE_TIMEOUT, FLUSHER_CRASHED
 from ._reporting import log
 from ._shielding import wait_through_cancellation
 
@@ -64,6 +65,14 @@ class Flusher:
                 fatal = fatal.exceptions[0]
             self.fatal = fatal
             log.error("metricsbuf: the background flusher died", exc_info=fatal)
+
+    def why_points_are_left(self, close_timeout: float) -> tuple[str, str]:
+        """The failure code and message for points still held once the drain is over."""
+        if self.fatal is not None:
+            return FLUSHER_CRASHED, f"the background flusher died: {self.fatal!r}"
+        if self.cancelled_from_outside:
+            return FLUSHER_CRASHED, "the background flusher was cancelled from outside"
+        return CLOSE_TIMEOUT, f"still held when close_timeout ({close_timeout:g} s) ran out"
 
     async def drain(self, timeout: float, grace: float, take_back_in_flight: Callable[[], None]) -> bool:
         """Lets the task finish within ``timeout`` seconds; then cancels it and waits ``grace`` more.

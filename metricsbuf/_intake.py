@@ -54,6 +54,28 @@ class Intake:
             self.points = spool.staging
             self.wake = spool.wake
 
+    # -- positions (flush) -------------------------------------------------------------------
+
+    def next_position(self) -> int:
+        """The position the next accepted point will take: a sequence number, or a row id with a spool."""
+        return self._spool.next_id if self._spool is not None else self._accumulator.queue.appended
+
+    def hurry(self, position: int) -> None:
+        """Points before ``position`` leave at once: partial batches go, staged points are written."""
+        self._accumulator.hurry(position)
+        if self._spool is not None:
+            self._spool.wake()
+
+    def settled_before(self, position: int) -> bool:
+        """Whether every point accepted before ``position`` is settled."""
+        if self._accumulator.head_position() < position:
+            return False  # the cheap, usual answer while a backlog drains: no need to scan the rest
+        if self._spool is not None:
+            return self._spool.first_unsettled_id() >= position
+        return self._accumulator.first_unsettled() >= position
+
+    # -- points --------------------------------------------------------------------------
+
     def make_point(self, name: Any, value: Any, step: Any, timestamp: Any, now: float) -> Point | None:
         """Validates one point; returns it as a tuple, or None for a non-finite value under "drop".
 
@@ -157,4 +179,3 @@ class Intake:
             policy,
             self._ledger.dropped,
         )
-

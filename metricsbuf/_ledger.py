@@ -18,6 +18,7 @@ from typing import Protocol
 
 import anyio
 
+from ._accumulator import HeldPoints
 from ._buffer import Point
 from ._models import MetricsStats
 from ._reporting import FailureCallback, FailureReporter, log
@@ -67,12 +68,14 @@ class Ledger:
         "held",
         "reporter",
         "listener",
+        "trial_component",
         "_warned_non_finite",
         "_room",
         "_progress",
     )
 
     def __init__(self, trial_component: str, on_failure: FailureCallback | None) -> None:
+        self.trial_component = trial_component
         self.logged = self.delivered = self.failed = self.dropped = 0
         self.rejected = self.retried = self.requests = 0
         # Accepted and not yet settled: queued, in flight, waiting to be resent, or (with a
@@ -172,6 +175,19 @@ class Ledger:
             self.listener.leave_on_disk(count)
             self._settle(count)
 
+    def record_close_report(self, held: HeldPoints, code: str, message: str) -> None:
+        """At close, without a spool: everything still held fails with ``code``."""
+        self.record_failed(held.queued, code, message, 0)
+        for batch in held.batches:
+            ambiguous = (
+                " (a request for it got no definite answer, so the service may have stored it)"
+                if batch.maybe_stored
+                else ""
+            )
+            self.record_failed(batch.points, code, message + ambiguous, batch.attempts)
+        for attempts, point in held.resends:
+            self.record_failed([point], code, message + " (waiting to be resent)", attempts)
+
     # -- waiting on outcomes --------------------------------------------------------------------
 
     def room_changed(self) -> anyio.Event:
@@ -209,6 +225,27 @@ class Ledger:
         self.notify_progress()
 
     # -- reading --------------------------------------------------------------------------------
+
+    def log_summary(self) -> None:
+        """One line at close: a warning if anything failed or was dropped."""
+        stats = self.stats()
+        if stats.failed or stats.dropped:
+            log.warning(
+                "metricsbuf: closed trial component %r: %d logged, %d delivered, %d failed %s, %d dropped",
+                self.trial_component,
+                stats.logged,
+                stats.delivered,
+                stats.failed,
+                self.reporter.by_code,
+                stats.dropped,
+            )
+        else:
+            log.info(
+                "metricsbuf: closed trial component %r: %d logged, %d delivered",
+                self.trial_component,
+                stats.logged,
+                stats.delivered,
+            )
 
     def stats(self) -> MetricsStats:
         listener = self.listener

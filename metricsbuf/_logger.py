@@ -26,9 +26,7 @@ import asyncio
 import contextlib
 import enum
 import os
-import threading
 import time
-import weakref
 from asyncio import _get_running_loop
 from collections.abc import Mapping
 from datetime import datetime
@@ -41,12 +39,13 @@ import anyio.lowlevel
 from . import _validation as v
 from ._accumulator import Accumulator
 from ._buffer import Point, PointQueue
-from ._client import MetricsClient, open_own_client, warn_if_client_retries
+from ._client import MetricsClient, client_for
+from ._context import RunContext
 from ._exceptions import InvalidMetricError, LoggerClosedError, MetricsBufError
 from ._flusher import Flusher
 from ._intake import Intake
 from ._ledger import Ledger
-from ._models import CLOSE_TIMEOUT, FLUSHER_CRASHED, FailedMetric, MetricsStats
+from ._models import FailedMetric, MetricsStats
 from ._options import LoggerOptions, NonFinite, OnFull
 from ._pacing import StepPacer
 from ._reporting import FailureCallback, log
@@ -62,20 +61,6 @@ _CANCEL_GRACE = 2.0
 _wall_clock = time.time  # a module global: one lookup on the hot path
 # A position above every point's: flush everything.
 _EVERYTHING = 1 << 62
-
-# Loggers started in this process. A forked child must not use them (their flusher and client
-# live in the parent), so at fork each child copy stops accepting points; see _check_context.
-_started_loggers: weakref.WeakSet[MetricsLogger] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for logger in list(_started_loggers):
-        logger._accepting = False
-    _started_loggers.clear()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _State(enum.Enum):
@@ -224,8 +209,8 @@ class MetricsLogger:
         self._spool_error: SpoolError | None = None
         # Where the logger runs: calls from another event loop, thread or (forked) process
         # get a clear error instead of points that would never be sent.
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pid = os.getpid()
+        self._context = RunContext()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the fast path compares it
 
     @property
     def _client(self) -> MetricsClient | None:
@@ -280,33 +265,13 @@ class MetricsLogger:
             )
         self._state = _State.RUNNING  # claimed at once, so a concurrent second start() fails
         self._loop = loop
-        self._pid = os.getpid()
+        self._context.bind(loop)
         self._stack = contextlib.AsyncExitStack()
         try:
             if self._spool is not None:
-                await self._spool.open()
+                await self._spool.open()  # a previous run's leftovers count as logged, and go first
                 self._stack.push_async_callback(self._spool.close)
-                self._ledger.logged += self._spool.recovered  # a previous run's leftovers go first
-                if self._spool.recovered:
-                    log.info(
-                        "metricsbuf: %d undelivered points from a previous run found in the spool %s; "
-                        "sending them first",
-                        self._spool.recovered,
-                        self._spool.directory,
-                    )
-            options = self._options
-            if options.offline:
-                pass
-            elif self._sender.client is None:
-                self._sender.client = await open_own_client(
-                    self._stack,
-                    region_name=options.region_name,
-                    endpoint_url=options.endpoint_url,
-                    max_in_flight=options.max_in_flight,
-                    pacer=self._pacer,
-                )
-            else:
-                warn_if_client_retries(self._sender.client)
+            self._sender.client = await client_for(self._options, self._stack, self._pacer)
         except BaseException:
             self._state = _State.CLOSED
             await self._close_resources()  # the spool lock and the client, even if cancelled again
@@ -314,7 +279,6 @@ class MetricsLogger:
         self._accumulator.wakeup = anyio.Event()
         self._closed = loop.create_future()
         self._flusher.start(loop)
-        _started_loggers.add(self)
         self._accepting = True
 
     async def aclose(self) -> None:
@@ -341,7 +305,7 @@ class MetricsLogger:
         """Closes (or waits for the close in progress); returns whether the caller was cancelled meanwhile."""
         if self._state is _State.CLOSED:
             return False
-        self._check_context()
+        self._context.check()
         assert self._closed is not None
         if self._state is _State.CLOSING:
             return await wait_through_cancellation(self._closed)
@@ -355,7 +319,7 @@ class MetricsLogger:
             self._state = _State.CLOSED
             self._closed.set_result(None)
             self._wake_all()  # flush() waiters return: every point's outcome is now settled
-        self._log_summary()
+        self._ledger.log_summary()
         return cancelled
 
     async def _drain(self) -> bool:
@@ -370,8 +334,9 @@ class MetricsLogger:
         if self._spool is not None:
             # What was not delivered stays on disk; nothing is failed for time.
             self._spool_error = await self._spool.drain_to_disk()
-        else:
-            self._report_what_is_held()
+        else:  # what is still held was not delivered in time, or the flusher died
+            code, message = self._flusher.why_points_are_left(self._options.close_timeout)
+            self._ledger.record_close_report(self._accumulator.take_all_held(), code, message)
         cancelled |= await self._close_resources()
         if self._spool_error is not None and self._flusher.fatal is None:
             raise self._spool_error
@@ -396,28 +361,6 @@ class MetricsLogger:
             await self._spool.close()  # idempotent; survives cancellation (SpoolCoordinator._run)
         return cancelled
 
-    def _report_what_is_held(self) -> None:
-        """At close, without a spool: what is still held was not delivered in time (or the flusher died)."""
-        if self._flusher.fatal is not None:
-            code, message = FLUSHER_CRASHED, f"the background flusher died: {self._flusher.fatal!r}"
-        elif self._flusher.cancelled_from_outside:
-            code, message = FLUSHER_CRASHED, "the background flusher was cancelled from outside"
-        else:
-            code = CLOSE_TIMEOUT
-            message = f"still held when close_timeout ({self._options.close_timeout:g} s) ran out"
-        held = self._accumulator.take_all_held()
-        record_failed = self._ledger.record_failed
-        record_failed(held.queued, code, message, 0)
-        for batch in held.batches:
-            ambiguous = (
-                " (a request for it got no definite answer, so the service may have stored it)"
-                if batch.maybe_stored
-                else ""
-            )
-            record_failed(batch.points, code, message + ambiguous, batch.attempts)
-        for attempts, point in held.resends:
-            record_failed([point], code, message + " (waiting to be resent)", attempts)
-
     def _on_flusher_end(self) -> None:
         """The flusher task ended: unless it finished a drain, the logger takes no more points."""
         flusher = self._flusher
@@ -441,34 +384,10 @@ class MetricsLogger:
     def _check_running(self) -> None:
         if not self._accepting:
             self._raise_not_running()
-        self._check_context()
-
-    def _check_context(self) -> None:
-        """Raises a clear error for a call from another process, event loop or thread than the logger's."""
-        if self._loop is None:
-            return  # not started: nothing runs anywhere yet
-        if self._pid != os.getpid():
-            raise MetricsBufError(
-                f"this MetricsLogger was started in process {self._pid} and cannot be used in a forked "
-                f"child (process {os.getpid()}): its flusher runs only in the parent. Create a new "
-                "MetricsLogger in the child; the parent's is unaffected"
-            )
-        loop = _get_running_loop()
-        if loop is self._loop:
-            return
-        if loop is None:
-            raise MetricsBufError(
-                f"MetricsLogger is not thread-safe: it was called from thread "
-                f"{threading.current_thread().name!r}, which does not run its event loop. Call it from "
-                "the event loop's thread (loop.call_soon_threadsafe), or give each thread its own logger"
-            )
-        raise MetricsBufError(
-            "this MetricsLogger was started on another event loop; a logger serves the event loop it "
-            "was started on (a closed loop's logger can no longer send): create one per event loop"
-        )
+        self._context.check()
 
     def _raise_not_running(self) -> None:
-        self._check_context()
+        self._context.check()
         self._raise_if_fatal()
         if self._state is _State.NEW:
             raise MetricsBufError(
@@ -599,30 +518,17 @@ class MetricsLogger:
         self._check_running()
         if timeout is not None:
             timeout = v.check_seconds_option("timeout", timeout)
-        accumulator = self._accumulator
-        target = self._spool.next_id if self._spool is not None else accumulator.queue.appended
-        accumulator.hurry(target)
-        if self._spool is not None:
-            self._spool.wake()
+        intake = self._intake
+        target = intake.next_position()
+        intake.hurry(target)
         with anyio.fail_after(timeout):
-            while not self._settled_before(target):
+            while not intake.settled_before(target):
                 if self._state is _State.CLOSED:
                     return  # the close settled every point: delivered, failed, or left on disk
                 if self._state is _State.RUNNING and not self._accepting:
                     self._raise_not_running()  # the flusher died, or was cancelled from outside
                 await self._ledger.progress().wait()
                 self._raise_if_fatal()
-
-    def _settled_before(self, position: int) -> bool:
-        """Whether every point logged before ``position`` is settled.
-
-        Positions are sequence numbers of the queue, or with a spool, row ids.
-        """
-        if self._accumulator.head_position() < position:
-            return False  # the cheap, usual answer while a backlog drains: no need to scan the rest
-        if self._spool is not None:
-            return self._spool.first_unsettled_id() >= position
-        return self._accumulator.first_unsettled() >= position
 
     @property
     def stats(self) -> MetricsStats:
@@ -664,23 +570,3 @@ class MetricsLogger:
 
     def _is_closing(self) -> bool:
         return self._state is not _State.RUNNING
-
-    def _log_summary(self) -> None:
-        stats = self.stats
-        if stats.failed or stats.dropped:
-            log.warning(
-                "metricsbuf: closed trial component %r: %d logged, %d delivered, %d failed %s, %d dropped",
-                self._trial_component,
-                stats.logged,
-                stats.delivered,
-                stats.failed,
-                self._ledger.reporter.by_code,
-                stats.dropped,
-            )
-        else:
-            log.info(
-                "metricsbuf: closed trial component %r: %d logged, %d delivered",
-                self._trial_component,
-                stats.logged,
-                stats.delivered,
-            )

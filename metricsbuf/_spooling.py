@@ -33,6 +33,7 @@ from ._buffer import LOGGED_AT, ROW_ID, Point, PointQueue
 from ._ledger import Ledger
 from ._models import SPOOL_ERROR
 from ._options import LoggerOptions
+from ._reporting import log
 from ._shielding import rearm_cancellation, wait_through_cancellation
 from ._spool import Spool, SpoolError
 
@@ -103,6 +104,14 @@ class SpoolCoordinator:
         except BaseException:
             await self.close()  # the lock and the thread are released
             raise
+        self._ledger.logged += self.recovered  # a previous run's leftovers count as logged
+        if self.recovered:
+            log.info(
+                "metricsbuf: %d undelivered points from a previous run found in the spool %s; "
+                "sending them first",
+                self.recovered,
+                self.directory,
+            )
 
     async def close(self) -> None:
         if self.spool is not None:
