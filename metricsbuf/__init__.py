@@ -9,6 +9,13 @@ See README.md for the options, the delivery guarantees and the error codes.
 from ._exceptions import BufferFullError, InvalidMetricError, LoggerClosedError, MetricsBufError
 from ._logger import MetricsLogger
 from ._models import CLOSE_TIMEOUT, DELIVERY_TIMEOUT, FLUSHER_CRASHED, SPOOL_ERROR, FailedMetric, MetricsStats
+from ._sagemaker_job import (
+    ProcessPlacement,
+    SageMakerJobError,
+    TrialComponentNotFoundError,
+    in_sagemaker_job,
+    process_placement,
+)
 from ._spool import SpoolError, SpoolLockedError
 
 __version__ = "0.1.0"
@@ -24,8 +31,13 @@ __all__ = [
     "MetricsBufError",
     "MetricsLogger",
     "MetricsStats",
+    "ProcessPlacement",
     "SPOOL_ERROR",
+    "SageMakerJobError",
     "SpoolError",
     "SpoolLockedError",
+    "TrialComponentNotFoundError",
     "__version__",
+    "in_sagemaker_job",
+    "process_placement",
 ]

@@ -4,6 +4,8 @@
     ├── InvalidMetricError  (also a ValueError) a point or an option breaks a rule; nothing else is affected
     ├── BufferFullError     max_buffered points held and on_full="raise" (or log_nowait under "block")
     ├── LoggerClosedError   the logger was closed, or its flusher died
+    ├── TrialComponentNotFoundError  (in _sagemaker_job.py) no name given, and none found at start
+    ├── SageMakerJobError   (in _sagemaker_job.py) inside a SageMaker job, its Describe call failed
     └── SpoolError          (in _spool.py) a spool cannot be opened, read or written; names the path
         └── SpoolLockedError    another process (or logger) has the spool open
 

@@ -31,10 +31,8 @@ if sys.version_info < (3, 11):  # pragma: no cover
 class Flusher:
     """Starts the logger's background task, restarts it for a drain, stops it, and says how it ended."""
 
-    def __init__(
-        self, name: str, body: Callable[[], Coroutine[Any, Any, None]], on_end: Callable[[], None]
-    ) -> None:
-        self._name = name
+    def __init__(self, body: Callable[[], Coroutine[Any, Any, None]], on_end: Callable[[], None]) -> None:
+        self.name = "metricsbuf-flusher"  # the task's name; the logger adds its trial component
         self._body = body  # the coroutine function the task runs
         self._on_end = on_end  # called once the task has ended, whichever way
         self.task: asyncio.Task[None] | None = None
@@ -44,7 +42,7 @@ class Flusher:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.cancelled_from_outside = False
-        self.task = loop.create_task(self._body(), name=self._name)
+        self.task = loop.create_task(self._body(), name=self.name)
         self.task.add_done_callback(self._ended)
 
     def _ended(self, task: asyncio.Task[None]) -> None:

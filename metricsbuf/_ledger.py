@@ -75,7 +75,7 @@ class Ledger:
     )
 
     def __init__(self, trial_component: str, on_failure: FailureCallback | None) -> None:
-        self.trial_component = trial_component
+        self.trial_component = trial_component  # for messages; set at start when found then
         self.logged = self.delivered = self.failed = self.dropped = 0
         self.rejected = self.retried = self.requests = 0
         # Accepted and not yet settled: queued, in flight, waiting to be resent, or (with a

@@ -49,6 +49,12 @@ from ._models import FailedMetric, MetricsStats
 from ._options import LoggerOptions, NonFinite, OnFull
 from ._pacing import StepPacer
 from ._reporting import FailureCallback, log
+from ._sagemaker_job import (
+    TRIAL_COMPONENT_ENV,
+    ResolvedTrialComponent,
+    TrialComponentNotFoundError,
+    resolve_trial_component,
+)
 from ._sender import Sender
 from ._shielding import wait_through_cancellation
 from ._spool import SpoolError
@@ -85,7 +91,9 @@ class MetricsLogger:
 
     Args:
         trial_component_name: the trial component the points belong to (1-120 characters,
-            ``^[a-z0-9](-*[a-z0-9]){0,119}$``). Not lower-cased for you.
+            ``^[a-z0-9](-*[a-z0-9]){0,119}$``). Not lower-cased for you. ``None`` (the default):
+            found at start from ``METRICSBUF_TRIAL_COMPONENT``, or inside a SageMaker training,
+            processing or transform job from the job (README, "Inside SageMaker jobs").
         client: any object with ``async batch_put_metrics(**kwargs) -> dict``, such as an
             aiobotocore ``sagemaker-metrics`` client. The caller owns it: it stays open after
             the logger closes and may be shared by several loggers. Create it with
@@ -126,7 +134,7 @@ class MetricsLogger:
 
     def __init__(
         self,
-        trial_component_name: str,
+        trial_component_name: str | None = None,
         *,
         client: MetricsClient | None = None,
         region_name: str | None = None,
@@ -148,7 +156,11 @@ class MetricsLogger:
         max_spool_bytes: int = 1 << 30,
         offline: bool = False,
     ) -> None:
-        self._trial_component = v.check_trial_component_name(trial_component_name)
+        # None: found at start (the environment, or the SageMaker job; see _sagemaker_job.py).
+        self._trial_component: str | None = None
+        self._trial_component_source: str | None = None
+        if trial_component_name is not None:
+            self._trial_component = v.check_trial_component_name(trial_component_name)
         self._options = options = LoggerOptions(
             client=client,
             region_name=region_name,
@@ -171,12 +183,13 @@ class MetricsLogger:
             offline=offline,
         )
         # The parts (see the module docstring).
-        self._ledger = Ledger(self._trial_component, options.on_failure)
+        placeholder = self._trial_component or ""  # the parts learn the name at start if it is not known yet
+        self._ledger = Ledger(placeholder, options.on_failure)
         queue = PointQueue(options.max_batch_size, options.flush_interval)
         self._accumulator = Accumulator(
             queue,
             delivery_timeout=options.delivery_timeout,
-            trial_component=self._trial_component,
+            trial_component=placeholder,
             spooled=options.spool_dir is not None,
         )
         self._pacer = StepPacer()  # one heavy step of a send per event-loop iteration
@@ -185,7 +198,7 @@ class MetricsLogger:
         if options.spool_dir is not None:
             self._spool = SpoolCoordinator(
                 options.spool_dir,
-                trial_component=self._trial_component,
+                trial_component=placeholder,
                 options=options,
                 ledger=self._ledger,
                 accumulator=self._accumulator,
@@ -198,9 +211,7 @@ class MetricsLogger:
         self._known_names = self._intake.known_names
         self._max_batch_size = options.max_batch_size
         self._max_buffered = options.max_buffered
-        self._flusher = Flusher(
-            f"metricsbuf-flusher[{self._trial_component}]", self._run_flusher, self._on_flusher_end
-        )
+        self._flusher = Flusher(self._run_flusher, self._on_flusher_end)
 
         self._state = _State.NEW
         self._accepting = False  # RUNNING, in the right process, and the flusher alive
@@ -268,6 +279,7 @@ class MetricsLogger:
         self._context.bind(loop)
         self._stack = contextlib.AsyncExitStack()
         try:
+            await self._find_trial_component()
             if self._spool is not None:
                 await self._spool.open()  # a previous run's leftovers count as logged, and go first
                 self._stack.push_async_callback(self._spool.close)
@@ -541,8 +553,46 @@ class MetricsLogger:
         return list(self._ledger.reporter.failures)
 
     @property
-    def trial_component_name(self) -> str:
+    def trial_component_name(self) -> str | None:
+        """The trial component the points go to (None before start, if it is to be found then)."""
         return self._trial_component
+
+    @property
+    def trial_component_source(self) -> str | None:
+        """How the trial component was found: ``"argument"``, ``"environment:METRICSBUF_TRIAL_COMPONENT"``,
+        or the SageMaker job and rule (e.g. ``"training job my-job: ExperimentConfig.RunName"``)."""
+        return self._trial_component_source
+
+    async def _find_trial_component(self) -> None:
+        """Names the trial component at start: the argument, the environment, or the SageMaker job.
+
+        Raises:
+            TrialComponentNotFoundError: none of them gives one (the message lists what was tried).
+            SageMakerJobError: inside a job, its Describe call was denied or kept failing.
+            InvalidMetricError: the name found breaks the service's rule (says where it came from).
+        """
+        if self._trial_component is not None:
+            resolved = ResolvedTrialComponent(self._trial_component, "argument")
+        elif self._options.offline:  # never touches the network: the environment only
+            name = os.environ.get(TRIAL_COMPONENT_ENV)
+            if not name:
+                raise TrialComponentNotFoundError(
+                    ("the trial_component_name argument: not given", f"{TRIAL_COMPONENT_ENV}: not set"),
+                    "offline=True never touches the network, so it does not ask a SageMaker job",
+                )
+            resolved = ResolvedTrialComponent(name, f"environment:{TRIAL_COMPONENT_ENV}")
+        else:
+            resolved = await resolve_trial_component(None, region_name=self._options.region_name)
+        try:
+            name = v.check_trial_component_name(resolved.name)
+        except InvalidMetricError as exc:
+            raise InvalidMetricError(f"{exc} (found from {resolved.source})") from None
+        self._trial_component, self._trial_component_source = name, resolved.source
+        for part in (self._ledger, self._ledger.reporter, self._accumulator, self._spool):
+            if part is not None:
+                part.trial_component = name
+        self._flusher.name = f"metricsbuf-flusher[{name}]"
+        log.info("metricsbuf: logging to trial component %r (%s)", name, resolved.source)
 
     # ------------------------------------------------------------------------------------------
     # The flusher

@@ -58,7 +58,7 @@ class FailureReporter:
     """Records final failures, hands them to ``on_failure`` and logs them without flooding."""
 
     def __init__(self, trial_component: str, on_failure: FailureCallback | None) -> None:
-        self._trial_component = trial_component
+        self.trial_component = trial_component  # set at start when it is found then
         self._on_failure = on_failure
         self.failures: list[FailedMetric] = []
         self.by_code: dict[str, int] = {}
@@ -75,7 +75,7 @@ class FailureReporter:
             "metricsbuf: %d point(s) for trial component %r failed for good with %s after %d attempt(s), "
             "e.g. %r: %s",
             len(group),
-            self._trial_component,
+            self.trial_component,
             code,
             attempts,
             group[0].name,

@@ -69,11 +69,12 @@ _ACCESS_DENIED = frozenset({"AccessDeniedException", "AccessDenied", "Unauthoriz
 class TrialComponentNotFoundError(MetricsBufError):
     """No trial component name was given and none could be found; ``tried`` lists what was looked at."""
 
-    def __init__(self, tried: tuple[str, ...]) -> None:
+    def __init__(self, tried: tuple[str, ...], why_not_more: str = "") -> None:
         self.tried = tried
         super().__init__(
             "metricsbuf: no trial component to log to. Tried, in order:\n"
             + "".join(f"  - {step}\n" for step in tried)
+            + (f"({why_not_more})\n" if why_not_more else "")
             + f"Pass trial_component_name=, set {TRIAL_COMPONENT_ENV}, "
             "or run inside a SageMaker training, processing or transform job."
         )

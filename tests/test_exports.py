@@ -19,7 +19,12 @@ def test_public_names_are_in_all() -> None:
 def test_exception_tree() -> None:
     assert issubclass(metricsbuf.InvalidMetricError, metricsbuf.MetricsBufError)
     assert issubclass(metricsbuf.InvalidMetricError, ValueError)
-    for exc in (metricsbuf.BufferFullError, metricsbuf.LoggerClosedError):
+    for exc in (
+        metricsbuf.BufferFullError,
+        metricsbuf.LoggerClosedError,
+        metricsbuf.TrialComponentNotFoundError,
+        metricsbuf.SageMakerJobError,
+    ):
         assert issubclass(exc, metricsbuf.MetricsBufError)
 
 
