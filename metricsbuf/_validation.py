@@ -78,8 +78,11 @@ def check_name(name: object) -> str:
 
 
 def coerce_value(name: str, value: object) -> float:
-    """Turns anything real-valued (int, numpy scalar, 0-d tensor, Decimal, ...) into a float."""
-    if isinstance(value, (str, bytes, bytearray)) or value is None:
+    """Turns anything real-valued (int, numpy scalar, 0-d tensor, Decimal, ...) into a float.
+
+    Not str, bytes, None or bool: a bool is an int to Python, but True as a metric is a bug.
+    """
+    if isinstance(value, (str, bytes, bytearray, bool)) or value is None:
         raise InvalidMetricError(
             f"value of metric {name!r} must be a real number, got {type(value).__name__} {_short_repr(value)}"
         )
@@ -93,6 +96,9 @@ def coerce_value(name: str, value: object) -> float:
 
 
 def coerce_step(name: str, step: object) -> int:
+    """Returns the step as an int: anything with ``__index__`` except bool, in 0..MAX_STEP."""
+    if isinstance(step, bool):
+        raise InvalidMetricError(f"step of metric {name!r} must be None or an integer, got bool {step!r}")
     try:
         index = operator.index(step)  # type: ignore[arg-type]
     except Exception as exc:

@@ -1,4 +1,4 @@
-"""Issue 9, input validation: names that could not round-trip through the spool.
+"""Issue 9, input validation: names that could not round-trip through the spool, and bools.
 
 Each bad call goes through the public methods (``log``, ``log_nowait``, ``log_many``) and must
 raise InvalidMetricError naming the field, log nothing, and leave the logger working.
@@ -60,6 +60,21 @@ async def test_metric_names_that_cannot_round_trip_are_rejected_at_the_call(
 def test_trial_component_names_that_cannot_round_trip_are_rejected(name: str) -> None:
     with pytest.raises(InvalidMetricError, match="trial_component_name"):
         MetricsLogger(name, client=FakeClient())
+
+
+@pytest.mark.parametrize(
+    ("value", "step", "field"),
+    [(True, 1, "value"), (False, None, "value"), (1.0, True, "step"), (1.0, False, "step")],
+)
+async def test_bools_are_rejected_as_value_and_step(value: Any, step: Any, field: str) -> None:
+    client = FakeClient()
+    async with MetricsLogger("run-1", client=client) as metrics:
+        await metrics.log("loss", 1.0, step=0)  # "loss" is now a known name: the fast path's candidate
+        for message in await _each_public_call(metrics, "loss", value, step):
+            assert f"{field} of metric" in message and "got bool" in message, message
+        await metrics.log("loss", 2.0, step=1)
+    assert metrics.stats.logged == 2
+    assert [(p["Value"], p["Step"]) for p in client.stored] == [(1.0, 0), (2.0, 1)]
 
 
 def test_trial_component_names_longer_than_120_characters_are_rejected() -> None:
