@@ -18,15 +18,38 @@ Rows go in and out as one JSON document per statement (``json_each`` / ``json_gr
 rather than one statement per row: Python's sqlite3 releases and re-takes the GIL around
 every step, and with a busy event loop in the main thread each re-take can wait a whole
 switch interval (5 ms), so per-row statements would starve the writer thread.
+
+So doubles cross into and out of SQLite as text, and that text must be exact (values,
+timestamps and logged_at come back bit for bit):
+
+- Written: ``json.dumps`` writes the shortest text that round-trips (repr), and SQLite
+  parses it.
+- Read: SQLite's JSON prints a double with only 15 significant digits, so each double is
+  printed with ``printf('%!.20e')`` instead: 21 digits, 4 more than a double needs, so a
+  conversion that is off in its last digits (SQLite before 3.43 computes in long double)
+  still names the same double. (17 digits are not enough there: SQLite 3.40 gets the 17th
+  wrong for some doubles above 1e230.)
+- -0.0: SQLite stores a REAL with an integer value as an integer, which has no sign, so -0.0
+  would come back as 0.0. It is stored as the blob ``-0`` instead (an UPDATE in the same
+  transaction, so the insert of every other value stays as it was). A spool that holds one is
+  marked schema version 2, so that an older metricsbuf (which would choke on the blob)
+  refuses it with a clear message; every other spool stays version 1.
+- ``_doubles_survive_text()`` checks once per process that this SQLite build converts a set
+  of hard doubles exactly both ways. If it does not, the spool binds doubles row by row
+  instead: exact, slower.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
+import math
 import os
+import random
 import sqlite3
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +60,9 @@ from ._exceptions import MetricsBufError
 DB_FILENAME = "spool.sqlite3"
 LOCK_FILENAME = "spool.lock"
 APPLICATION_ID = 0x4D425546  # "MBUF": marks a SQLite file as a metricsbuf spool
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # what a new spool is
+NEGATIVE_ZERO_VERSION = 2  # a spool holding a -0.0 (as the blob '-0'); otherwise the same as 1
+_READABLE_VERSIONS = (SCHEMA_VERSION, NEGATIVE_ZERO_VERSION)
 
 PENDING = 0
 DEAD = 1
@@ -69,15 +94,23 @@ SELECT ?1, json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extrac
        json_extract(value, '$[3]'), json_extract(value, '$[4]')
 FROM json_each(?2)
 """
+_INSERT_POINT = "INSERT INTO points(stream, name, value, step, ts, logged_at) VALUES (?, ?, ?, ?, ?, ?)"
+_NEGATIVE_ZERO = b"-0"
+_MARK_NEGATIVE_ZERO = "UPDATE points SET value = ? WHERE id IN (SELECT value FROM json_each(?))"
 
 _DELETE_POINTS = "DELETE FROM points WHERE id IN (SELECT value FROM json_each(?))"
 
-_LOAD_POINTS = """
-SELECT json_group_array(json_array(id, stream, name, value, step, ts, logged_at)) FROM (
-    SELECT id, stream, name, value, step, ts, logged_at FROM points
-    WHERE id > ? AND state = 0 ORDER BY id LIMIT ?
-)
+_EXACT = "printf('%!.20e', {})"  # see the module docstring
+_PENDING_ROWS = "SELECT * FROM points WHERE id > ? AND state = 0 ORDER BY id LIMIT ?"
+_LOAD_POINTS = f"""
+SELECT json_group_array(json_array(
+    id, stream, name,
+    CASE typeof(value) WHEN 'blob' THEN CAST(value AS TEXT) ELSE {_EXACT.format("value")} END,
+    step, {_EXACT.format("ts")}, {_EXACT.format("logged_at")}
+)) FROM ({_PENDING_ROWS})
 """
+# The same rows one by one, doubles as bound values: exact on any build, but one GIL round trip a row.
+_LOAD_POINTS_BY_ROW = f"SELECT id, stream, name, value, step, ts, logged_at FROM ({_PENDING_ROWS})"
 
 _USED_BYTES = """
 SELECT (page_count - freelist_count) * page_size
@@ -123,6 +156,8 @@ class Spool:
         self.path = directory / DB_FILENAME
         self._db = connection
         self._lock_fd = lock_fd
+        self._version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+        self._exact_text = _doubles_survive_text()
         self._streams: dict[str, int] = {}
         self._stream_names: dict[int, str] = {}
         for stream_id, trial_component in self._db.execute("SELECT id, trial_component FROM streams"):
@@ -210,15 +245,20 @@ class Spool:
         have consecutive ids ending there), or 0 if there were none.
         """
         last_id = 0
+        marked_negative_zero = False
         with self._errors("write"):
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
                 if new_points:
-                    # json.dumps keeps floats exact (repr) and a step of None as null.
-                    document = json.dumps([point[:5] for point in new_points])
-                    db.execute(_INSERT_POINTS, (stream_id, document))
+                    rows = [point[:5] for point in new_points]
+                    if self._exact_text:
+                        # json.dumps keeps floats exact (repr) and a step of None as null.
+                        db.execute(_INSERT_POINTS, (stream_id, json.dumps(rows)))
+                    else:
+                        db.executemany(_INSERT_POINT, [(stream_id, *row) for row in rows])
                     last_id = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
+                    marked_negative_zero = self._keep_negative_zeros(rows, first_id=last_id - len(rows) + 1)
                 delivered = list(delivered_ids)
                 if delivered:
                     db.execute(_DELETE_POINTS, (json.dumps(delivered),))
@@ -230,15 +270,35 @@ class Spool:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
                 raise
+        if marked_negative_zero:
+            self._version = NEGATIVE_ZERO_VERSION
         return last_id
+
+    def _keep_negative_zeros(self, rows: list[tuple[Any, ...]], first_id: int) -> bool:
+        """Stores each -0.0 value among the rows just written (ids from ``first_id``) as the blob '-0'.
+
+        Returns whether there was one (the transaction then also marks the spool version 2).
+        """
+        ids = [first_id + i for i, row in enumerate(rows) if row[1] == 0.0 and math.copysign(1.0, row[1]) < 0]
+        if not ids:
+            return False
+        if self._version < NEGATIVE_ZERO_VERSION:
+            self._db.execute(f"PRAGMA user_version = {NEGATIVE_ZERO_VERSION}")  # part of the transaction
+        self._db.execute(_MARK_NEGATIVE_ZERO, (_NEGATIVE_ZERO, json.dumps(ids)))
+        return True
 
     def load(self, *, after_id: int, limit: int) -> list[SpoolRow]:
         """Pending points with an id above ``after_id``, oldest first."""
         with self._errors("read"):
-            document = self._db.execute(_LOAD_POINTS, (after_id, limit)).fetchone()[0]
-        rows = json.loads(document) if document else []
+            if self._exact_text:
+                document = self._db.execute(_LOAD_POINTS, (after_id, limit)).fetchone()[0]
+                rows = json.loads(document) if document else []
+            else:
+                rows = self._db.execute(_LOAD_POINTS_BY_ROW, (after_id, limit)).fetchall()
         names = self._stream_names
-        return [SpoolRow(r[0], names[r[1]], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+        return [
+            SpoolRow(r[0], names[r[1]], r[2], _double(r[3]), r[4], _double(r[5]), _double(r[6])) for r in rows
+        ]
 
     def next_row_id(self) -> int:
         """The id the next appended point will get (AUTOINCREMENT never reuses one)."""
@@ -320,6 +380,49 @@ class Spool:
             raise SpoolError(f"cannot {verb} the spool {self.path}: {exc}") from exc
 
 
+def _double(stored: Any) -> float:
+    """A double as read: a float (bound), its exact text, or the blob for -0.0."""
+    if stored == _NEGATIVE_ZERO:
+        return -0.0
+    return float(stored)
+
+
+# Doubles that a conversion with too few digits or too little precision gets wrong.
+_HARD_DOUBLES = (
+    0.30000000000000004,
+    2.0**60,
+    1e23,
+    5e-324,
+    2.225073858507201e-308,
+    2.2250738585072014e-308,
+    1.7976931348623157e308,
+    -1.1545580616824966e232,
+    2.7335487904581383e306,
+    1.3567547162550915e303,
+    1795812200.3420587,
+)
+
+
+@functools.cache
+def _doubles_survive_text() -> bool:
+    """Whether this SQLite build carries doubles through the JSON statements exactly (once a process)."""
+    rng = random.Random(0)
+    values = list(_HARD_DOUBLES) + [math.nextafter(10.0**k, math.inf) for k in range(-300, 301, 7)]
+    while len(values) < 600:
+        x = struct.unpack("<d", struct.pack("<Q", rng.getrandbits(64)))[0]
+        if math.isfinite(x):
+            values.append(x)
+    document = json.dumps([("m", x, None, x, x) for x in values])
+    with contextlib.closing(sqlite3.connect(":memory:")) as db:
+        db.executescript(_SCHEMA)
+        db.execute("INSERT INTO streams(id, trial_component) VALUES (1, 'check')")
+        db.execute(_INSERT_POINTS, (1, document))
+        rows = json.loads(db.execute(_LOAD_POINTS, (0, len(values))).fetchone()[0])
+    pack = struct.Struct("<d").pack
+    expected = [pack(x) for x in values]
+    return all([pack(float(row[field])) for row in rows] == expected for field in (3, 5, 6))
+
+
 def _take_lock(folder: Path) -> int:
     lock_path = folder / LOCK_FILENAME
     try:
@@ -372,8 +475,9 @@ def _check_and_prepare(db: sqlite3.Connection, db_path: Path, *, read_only: bool
         raise broken("it is a SQLite database of something else")
     if not fresh:
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
-            raise broken(f"schema version {version}, this metricsbuf reads {SCHEMA_VERSION}")
+        if version not in _READABLE_VERSIONS:
+            readable = " and ".join(str(v) for v in _READABLE_VERSIONS)
+            raise broken(f"schema version {version}, this metricsbuf reads versions {readable}")
         try:
             check = db.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:

@@ -1,0 +1,176 @@
+"""Issue 9, the spool and the command line: exact numbers, the lock, malformed rows, safe output."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import sqlite3
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+
+from metricsbuf import MetricsLogger, SpoolError, _spool
+from metricsbuf.__main__ import main as cli
+from metricsbuf._spool import Spool
+from metricsbuf.testing import FakeMetricsService
+
+
+def bits(x: float) -> bytes:
+    return struct.pack("<d", x)
+
+
+def db(spool_dir: Path) -> contextlib.closing[sqlite3.Connection]:
+    # closing(): a sqlite3 connection's own context manager commits but does not close.
+    return contextlib.closing(sqlite3.connect(spool_dir / "spool.sqlite3", isolation_level=None))
+
+
+@contextlib.contextmanager
+def service_env(svc: FakeMetricsService) -> Any:
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in svc.environ().items():
+            env.setenv(key, value)
+        yield
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers through the spool: bit for bit
+
+
+def hard_doubles(count: int, seed: int) -> list[float]:
+    """Values that a 15- or 17-significant-digit text path gets wrong, then random doubles."""
+    values = [
+        0.30000000000000004,
+        2.0**60,
+        -0.0,
+        0.0,
+        0.1,
+        1 / 3,
+        5e-324,  # the smallest subnormal
+        1e-310,
+        2.225073858507201e-308,  # the largest subnormal
+        2.2250738585072014e-308,  # the smallest normal
+        1.7976931348623157e308,  # the largest double
+        -1.7976931348623157e308,
+        9007199254740993.0,  # 2**53 + 1 rounds to 2**53: fine, it is a double all the same
+        2.0**53 + 2,
+        # SQLite 3.40's printf('%!.17g') gets the 17th digit of these wrong:
+        -1.1545580616824966e232,
+        -1.6612439357625544e308,
+        2.7335487904581383e306,
+        1.3567547162550915e303,
+    ]
+    rng = random.Random(seed)
+    while len(values) < count:
+        x = struct.unpack("<d", struct.pack("<Q", rng.getrandbits(64)))[0]
+        if math.isfinite(x):
+            values.append(x)
+    return values
+
+
+async def test_values_and_timestamps_survive_offline_then_sync_bit_for_bit(tmp_path: Path) -> None:
+    """What the service receives from `offline` + `metricsbuf sync` equals what it receives
+    from a logger without a spool, bit for bit."""
+    values = hard_doubles(300, seed=9)
+    rng = random.Random(10)
+    now = time.time()
+    whole = float(int(now) - 600)
+    timestamps = [whole + 0.123456, whole + 0.5, whole + 0.000001, whole + 0.999999]
+    timestamps += [now - rng.random() * 86_400 for _ in range(len(values) - len(timestamps))]
+    points = list(zip(values, timestamps, strict=True))
+
+    async with MetricsLogger("offline-run", spool_dir=tmp_path, offline=True) as metrics:
+        for step, (value, ts) in enumerate(points):
+            await metrics.log("m", value, step=step, timestamp=ts)
+    async with FakeMetricsService() as svc:
+        with service_env(svc):
+            assert await asyncio.to_thread(cli, ["sync", str(tmp_path)]) == 0
+        via_spool = {p.step: p for p in svc.points}
+
+    async with FakeMetricsService() as svc:
+        config = AioConfig(retries={"total_max_attempts": 1})
+        kwargs = svc.client_kwargs()
+        async with get_session().create_client("sagemaker-metrics", config=config, **kwargs) as c:
+            async with MetricsLogger("direct-run", client=c) as metrics:
+                for step, (value, ts) in enumerate(points):
+                    await metrics.log("m", value, step=step, timestamp=ts)
+        direct = {p.step: p for p in svc.points}
+
+    assert len(via_spool) == len(direct) == len(points)
+    wrong = [
+        (step, value, via_spool[step].value, direct[step].timestamp, via_spool[step].timestamp)
+        for step, (value, _) in enumerate(points)
+        if bits(via_spool[step].value) != bits(value)
+        or bits(via_spool[step].timestamp) != bits(direct[step].timestamp)
+    ]
+    assert wrong == []
+    assert math.copysign(1.0, via_spool[2].value) == -1.0  # -0.0 kept its sign
+    assert via_spool[0].time.microsecond == 123456
+
+
+@pytest.mark.parametrize("exact_text", [True, False], ids=["json-documents", "row-by-row-fallback"])
+def test_spool_rows_read_back_bit_for_bit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exact_text: bool
+) -> None:
+    """The spool is the unit here: value, timestamp and logged_at come back as written, after a
+    reopen; also through the row-by-row path used on a SQLite build that fails the check."""
+    assert _spool._doubles_survive_text()  # this build takes the fast path
+    monkeypatch.setattr(_spool, "_doubles_survive_text", lambda: exact_text)
+    values = hard_doubles(3000, seed=11)
+    rng = random.Random(12)
+    now = time.time()
+    rows = [
+        (f"m{i % 7}", value, i, now - rng.random() * 1e6, now - rng.random() * 1e-3)
+        for i, value in enumerate(values)
+    ]
+    spool = Spool.open(tmp_path)
+    try:
+        last = spool.commit(stream_id=spool.stream_id("run-1"), new_points=rows)
+        assert last == len(rows)
+    finally:
+        spool.close()
+    spool = Spool.open(tmp_path)
+    try:
+        loaded = spool.load(after_id=0, limit=10_000)
+    finally:
+        spool.close()
+    assert [(r.name, r.step) for r in loaded] == [(r[0], r[2]) for r in rows]
+    for row, original in zip(loaded, rows, strict=True):
+        assert (bits(row.value), bits(row.timestamp), bits(row.logged_at)) == tuple(
+            bits(x) for x in (original[1], original[3], original[4])
+        ), (row, original)
+
+
+async def test_a_negative_zero_marks_the_spool_version_2_and_version_1_stays_readable(tmp_path: Path) -> None:
+    plain, signed = tmp_path / "plain", tmp_path / "signed"
+    for folder, value in ((plain, 0.0), (signed, -0.0)):
+        async with MetricsLogger("run-1", spool_dir=folder, offline=True) as metrics:
+            await metrics.log("m", 1.5, step=0)
+            await metrics.log("m", value, step=1)
+    with db(plain) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1  # an older metricsbuf still reads it
+    with db(signed) as conn:
+        # an older metricsbuf refuses it (it would choke on the blob) instead of misreading it
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        stored = conn.execute("SELECT typeof(value) FROM points ORDER BY id").fetchall()
+        assert stored == [("real",), ("blob",)]
+    for folder in (plain, signed):
+        spool = Spool.open(folder)
+        try:
+            loaded = [(r.step, r.value) for r in spool.load(after_id=0, limit=10)]
+        finally:
+            spool.close()
+        assert [(step, bits(value)) for step, value in loaded] == [
+            (0, bits(1.5)),
+            (1, bits(0.0 if folder == plain else -0.0)),
+        ]
+    with db(signed) as conn:
+        conn.execute("PRAGMA user_version = 3")
+    with pytest.raises(SpoolError, match="schema version 3, this metricsbuf reads versions 1 and 2"):
+        Spool.open(signed)
