@@ -14,6 +14,14 @@ the logger reads its backlog with a cursor on the id.
 Every method here blocks; the logger calls them in a worker thread, one at a time. An
 exclusive lock file keeps a second process (or logger) from opening the same spool.
 
+The lock is an ``flock`` on ``spool.lock``, opened without following a symbolic link and only
+when it is a regular file with one link that holds nothing but a pid: metricsbuf never
+truncates a file it did not make. An ``flock`` belongs to the open file description, which a
+forked child shares: so a child closes its copies of the lock descriptors at once (an
+``os.register_at_fork`` hook), and the lock ends with the process that took it. The child
+leaves the inherited SQLite connection alone (closing it could checkpoint the parent's WAL),
+and any use of the spool there raises SpoolError.
+
 Rows go in and out as one JSON document per statement (``json_each`` / ``json_group_array``)
 rather than one statement per row: Python's sqlite3 releases and re-takes the GIL around
 every step, and with a busy event loop in the main thread each re-take can wait a whole
@@ -42,6 +50,7 @@ timestamps and logged_at come back bit for bit):
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import json
@@ -49,7 +58,9 @@ import math
 import os
 import random
 import sqlite3
+import stat
 import struct
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +70,8 @@ from ._exceptions import MetricsBufError
 
 DB_FILENAME = "spool.sqlite3"
 LOCK_FILENAME = "spool.lock"
+# The store and the files SQLite keeps beside it (it follows links when it opens them).
+_STORE_FILENAMES = tuple(DB_FILENAME + suffix for suffix in ("", "-wal", "-shm", "-journal"))
 APPLICATION_ID = 0x4D425546  # "MBUF": marks a SQLite file as a metricsbuf spool
 SCHEMA_VERSION = 1  # what a new spool is
 NEGATIVE_ZERO_VERSION = 2  # a spool holding a -0.0 (as the blob '-0'); otherwise the same as 1
@@ -156,6 +169,7 @@ class Spool:
         self.path = directory / DB_FILENAME
         self._db = connection
         self._lock_fd = lock_fd
+        self._owner_pid = os.getpid()
         self._version = int(connection.execute("PRAGMA user_version").fetchone()[0])
         self._exact_text = _doubles_survive_text()
         self._streams: dict[str, int] = {}
@@ -163,6 +177,7 @@ class Spool:
         for stream_id, trial_component in self._db.execute("SELECT id, trial_component FROM streams"):
             self._streams[trial_component] = stream_id
             self._stream_names[stream_id] = trial_component
+        _open_spools.add(self)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -179,6 +194,7 @@ class Spool:
         """
         folder = Path(directory)
         db_path = folder / DB_FILENAME
+        _check_store_files(folder)
         if read_only or not create:
             if not db_path.exists():
                 raise SpoolError(f"no metricsbuf spool at {folder} (expected {db_path})")
@@ -205,11 +221,23 @@ class Spool:
             raise
 
     def close(self) -> None:
+        _open_spools.discard(self)
+        if os.getpid() != self._owner_pid:
+            return  # a forked child: the fork hook already let go of the lock; see _forget_after_fork
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = None
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: closes this copy of the lock descriptor; the parent keeps its lock."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)  # not flock(LOCK_UN): that would release the parent's lock
+            self._lock_fd = None
+        # Never closed here: SQLite could checkpoint or delete the parent's WAL on close.
+        _inherited_connections.append(self._db)
 
     # -- the logger's operations ----------------------------------------------------------------
 
@@ -373,7 +401,17 @@ class Spool:
 
     @contextlib.contextmanager
     def _errors(self, verb: str) -> Any:
-        """Turns sqlite3's errors into a SpoolError naming the path and what was being done."""
+        """Turns sqlite3's errors into a SpoolError naming the path and what was being done.
+
+        Every use of the connection goes through here, so this is also where a forked child
+        is stopped.
+        """
+        if os.getpid() != self._owner_pid:
+            raise SpoolError(
+                f"cannot {verb} the spool {self.directory}: it was opened by process {self._owner_pid}, "
+                f"and this process ({os.getpid()}) is a fork of it; a forked child cannot use its "
+                "parent's spool (open a logger with a spool_dir of its own)"
+            )
         try:
             yield
         except sqlite3.Error as exc:
@@ -423,26 +461,107 @@ def _doubles_survive_text() -> bool:
     return all([pack(float(row[field])) for row in rows] == expected for field in (3, 5, 6))
 
 
+# Spools open in this process, so that a forked child can let go of their locks.
+_open_spools: weakref.WeakSet[Spool] = weakref.WeakSet()
+# A forked child's inherited connections: kept referenced so that they are never closed there.
+_inherited_connections: list[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    for spool in list(_open_spools):
+        spool._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+# What a lock file of ours may hold: a pid (or nothing, after a crash between truncate and write).
+_MAX_LOCK_CONTENT = 32
+
+
+def _check_store_files(folder: Path) -> None:
+    """The store and SQLite's files beside it must be regular files in the folder, not links.
+
+    SQLite follows a link when it opens them: a dangling one would create a file elsewhere, one
+    to another spool would give two processes the same store behind the lock's back.
+    """
+    for filename in _STORE_FILENAMES:
+        path = folder / filename
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise SpoolError(f"cannot check the spool file {path}: {exc}") from exc
+        if stat.S_ISLNK(mode):
+            raise SpoolError(
+                f"the spool file {path} is a symbolic link; metricsbuf does not follow links in a "
+                f"spool folder: move the file itself into {folder}"
+            )
+        if not stat.S_ISREG(mode):
+            raise SpoolError(f"the spool file {path} is not a regular file")
+
+
 def _take_lock(folder: Path) -> int:
     lock_path = folder / LOCK_FILENAME
+    # O_NOFOLLOW: never through a link. O_NONBLOCK: a FIFO planted there must not hang the open.
+    # O_CLOEXEC: a program this process starts does not inherit the lock.
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_path, flags, 0o644)
     except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK) and lock_path.is_symlink():
+            raise SpoolError(
+                f"the spool lock {lock_path} is a symbolic link; metricsbuf does not follow links in "
+                "a spool folder (remove the link)"
+            ) from None
         raise SpoolError(f"cannot open the spool lock {lock_path}: {exc}") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = ""
-        with contextlib.suppress(OSError, ValueError):
-            holder = os.pread(fd, 32, 0).decode().strip()
+        _check_lock_file(fd, lock_path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_content(fd).strip()
+            holder = holder if holder.isdigit() else ""  # shown only when it is a pid
+            raise SpoolLockedError(
+                f"the spool {folder} is in use by another process{f' (pid {holder})' if holder else ''}: "
+                "one logger or `metricsbuf sync` at a time per spool folder"
+            ) from None
+        content = _lock_content(fd)
+        if content.strip() and not content.strip().isdigit():
+            raise SpoolError(
+                f"the spool lock {lock_path} does not look like a metricsbuf lock file (it holds "
+                f"{content[:20]!r}, not a pid); metricsbuf leaves it as it is: move it away"
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    except BaseException:
         os.close(fd)
-        raise SpoolLockedError(
-            f"the spool {folder} is in use by another process{f' (pid {holder})' if holder else ''}: "
-            "one logger or `metricsbuf sync` at a time per spool folder"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+        raise
     return fd
+
+
+def _check_lock_file(fd: int, lock_path: Path) -> None:
+    """A lock file metricsbuf may write to: a regular file with one link, holding at most a pid."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise SpoolError(f"the spool lock {lock_path} is not a regular file; metricsbuf leaves it as it is")
+    if info.st_nlink != 1:
+        raise SpoolError(
+            f"the spool lock {lock_path} has {info.st_nlink} hard links; metricsbuf writes only to a lock "
+            "file of its own: move it away"
+        )
+    if info.st_size > _MAX_LOCK_CONTENT:
+        raise SpoolError(
+            f"the spool lock {lock_path} does not look like a metricsbuf lock file ({info.st_size} bytes, "
+            "not a pid); metricsbuf leaves it as it is: move it away"
+        )
+
+
+def _lock_content(fd: int) -> str:
+    try:
+        return os.pread(fd, _MAX_LOCK_CONTENT, 0).decode("ascii", "replace")
+    except OSError:
+        return ""
 
 
 def _connect(db_path: Path, *, read_only: bool) -> sqlite3.Connection:

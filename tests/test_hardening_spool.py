@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import random
+import signal
 import sqlite3
 import struct
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -174,3 +177,167 @@ async def test_a_negative_zero_marks_the_spool_version_2_and_version_1_stays_rea
         conn.execute("PRAGMA user_version = 3")
     with pytest.raises(SpoolError, match="schema version 3, this metricsbuf reads versions 1 and 2"):
         Spool.open(signed)
+
+
+# ---------------------------------------------------------------------------------------------
+# The lock file and the store never follow a link, never truncate a file metricsbuf did not make
+
+
+async def make_spool(folder: Path, points: int = 3) -> None:
+    async with MetricsLogger("run-1", spool_dir=folder, offline=True) as metrics:
+        for step in range(points):
+            await metrics.log("loss", float(step), step=step)
+
+
+def sync_exit_code(folder: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli(["sync", str(folder)])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling-symlink", "hard-link", "foreign-content", "fifo"])
+async def test_the_lock_file_never_follows_links_nor_truncates_a_foreign_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    folder = tmp_path / "spool"
+    await make_spool(folder)
+    lock = folder / "spool.lock"
+    lock.unlink()
+    victim = tmp_path / "precious.txt"
+    victim.write_text("precious data, not a pid\n")
+    if kind == "symlink":
+        lock.symlink_to(victim)
+    elif kind == "dangling-symlink":
+        lock.symlink_to(tmp_path / "created-elsewhere")
+    elif kind == "hard-link":
+        os.link(victim, lock)
+    elif kind == "foreign-content":
+        lock.write_text(victim.read_text())
+    else:
+        os.mkfifo(lock)
+    words = {
+        "symlink": "symbolic link",
+        "dangling-symlink": "symbolic link",
+        "hard-link": "2 hard links",
+        "foreign-content": "does not look like a metricsbuf lock file",
+        "fifo": "not a regular file",
+    }[kind]
+
+    async with FakeMetricsService() as svc:
+        with service_env(svc):
+            code, output = await asyncio.to_thread(sync_exit_code, folder, capsys)
+        assert (code, len(svc.points)) == (2, 0), output
+    assert words in output and str(lock) in output, output
+    with pytest.raises(SpoolError, match=words):
+        await MetricsLogger("run-2", spool_dir=folder, offline=True).start()
+    assert victim.read_text() == "precious data, not a pid\n"
+    assert not (tmp_path / "created-elsewhere").exists()
+    if kind == "foreign-content":
+        assert lock.read_text() == "precious data, not a pid\n"
+
+
+async def test_a_lock_file_left_by_an_earlier_run_is_reused(tmp_path: Path) -> None:
+    await make_spool(tmp_path)  # leaves spool.lock holding the pid of this process
+    (tmp_path / "spool.lock").write_text("")  # or empty, as after a crash at the wrong instant
+    async with MetricsLogger("run-2", spool_dir=tmp_path, offline=True):
+        assert (tmp_path / "spool.lock").read_text() == str(os.getpid())
+
+
+@pytest.mark.parametrize("target", ["dangling", "another-spool"])
+async def test_a_symlinked_store_is_refused(tmp_path: Path, target: str) -> None:
+    folder, elsewhere = tmp_path / "spool", tmp_path / "elsewhere"
+    folder.mkdir()
+    await make_spool(elsewhere)
+    real = elsewhere / "spool.sqlite3" if target == "another-spool" else tmp_path / "nothing.sqlite3"
+    (folder / "spool.sqlite3").symlink_to(real)
+    with pytest.raises(SpoolError, match="symbolic link"):
+        await MetricsLogger("run-2", spool_dir=folder, offline=True).start()
+    with pytest.raises(SpoolError, match="symbolic link"):
+        Spool.open(folder, read_only=True)
+    assert not (tmp_path / "nothing.sqlite3").exists()
+
+
+# A process that holds a spool (through a logger) forks a child that lives on, then closes its
+# logger and exits. The child only inherited the lock's descriptor: it must not keep the spool.
+FORKING_PARENT = """
+import asyncio, os, sys, time
+from metricsbuf import MetricsLogger
+
+async def main(folder):
+    metrics = MetricsLogger("fork-run", spool_dir=folder, offline=True)
+    await metrics.start()
+    await metrics.log("loss", 1.0, step=0)
+    await metrics.flush()
+    child = os.fork()
+    if child == 0:  # the child: a data-loader worker, say, that outlives the parent
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)  # so that the test's pipe ends with the parent
+        os.dup2(devnull, 2)
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    await metrics.aclose()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_a_forked_child_does_not_keep_the_spool_locked(tmp_path: Path) -> None:
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", FORKING_PARENT, str(tmp_path), stdout=asyncio.subprocess.PIPE
+    )
+    stdout, _ = await asyncio.wait_for(parent.communicate(), 60)
+    assert parent.returncode == 0
+    child = int(stdout)
+    try:
+        os.kill(child, 0)  # still alive, holding its inherited descriptors
+        async with MetricsLogger("next-run", spool_dir=tmp_path, offline=True) as metrics:
+            assert metrics.stats.recovered == 1
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+# The parent keeps its lock; the child cannot use the spool it inherited, and says so clearly.
+CHILD_USES_SPOOL = """
+import os, sys
+from metricsbuf import SpoolError, SpoolLockedError
+from metricsbuf._spool import Spool
+
+spool = Spool.open(sys.argv[1])
+child = os.fork()
+if child == 0:
+    try:
+        spool.count_pending()
+    except SpoolError as exc:
+        print("child:", exc, flush=True)
+        spool.close()  # allowed, and leaves the parent's lock alone
+        os._exit(0)
+    os._exit(1)
+_, status = os.waitpid(child, 0)
+assert os.waitstatus_to_exitcode(status) == 0
+try:
+    Spool.open(sys.argv[1])
+except SpoolLockedError:
+    print("parent: still locked", flush=True)
+print("parent: pending", spool.count_pending(), flush=True)
+spool.close()
+"""
+
+
+async def test_a_forked_child_cannot_use_the_spool_and_the_parent_keeps_its_lock(tmp_path: Path) -> None:
+    await make_spool(tmp_path, points=2)
+    run = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CHILD_USES_SPOOL,
+        str(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(run.communicate(), 60)
+    lines = stdout.decode().splitlines()
+    assert run.returncode == 0, (lines, stderr.decode())
+    assert len(lines) == 3 and lines[0].startswith("child:"), lines
+    assert "fork" in lines[0] and str(tmp_path) in lines[0]
+    assert lines[1:] == ["parent: still locked", "parent: pending 2"]
