@@ -8,7 +8,15 @@ See README.md for the options, the delivery guarantees and the error codes.
 
 from ._exceptions import BufferFullError, InvalidMetricError, LoggerClosedError, MetricsBufError
 from ._logger import MetricsLogger
-from ._models import CLOSE_TIMEOUT, DELIVERY_TIMEOUT, FLUSHER_CRASHED, SPOOL_ERROR, FailedMetric, MetricsStats
+from ._models import (
+    CLOSE_TIMEOUT,
+    DELIVERY_TIMEOUT,
+    FLUSHER_CRASHED,
+    SPOOL_CORRUPT,
+    SPOOL_ERROR,
+    FailedMetric,
+    MetricsStats,
+)
 from ._spool import SpoolError, SpoolLockedError
 
 __version__ = "0.1.0"
@@ -24,6 +32,7 @@ __all__ = [
     "MetricsBufError",
     "MetricsLogger",
     "MetricsStats",
+    "SPOOL_CORRUPT",
     "SPOOL_ERROR",
     "SpoolError",
     "SpoolLockedError",

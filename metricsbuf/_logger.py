@@ -965,6 +965,10 @@ class MetricsLogger:
         self._notify_progress()  # offline, a commit settles points
         loaded = await spool.load_backlog(self._queue, in_flight(), self._max_batch_size)
         self._held += loaded  # not `self._held += await ...`: that reads _held before the await
+        for point, code, problem in spool.take_malformed():
+            # A malformed row read from the backlog: held for a moment, then failed (a dead letter).
+            self._held += 1
+            self._fail_points([point], code, problem, attempts=0)
         if spool.full:
             self._reporter.warnings.warn(
                 "spool-full",

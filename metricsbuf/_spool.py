@@ -67,7 +67,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import MetricsBufError
+from . import _validation
+from ._exceptions import InvalidMetricError, MetricsBufError
 
 DB_FILENAME = "spool.sqlite3"
 LOCK_FILENAME = "spool.lock"
@@ -114,17 +115,56 @@ _MARK_NEGATIVE_ZERO = "UPDATE points SET value = ? WHERE id IN (SELECT value FRO
 
 _DELETE_POINTS = "DELETE FROM points WHERE id IN (SELECT value FROM json_each(?))"
 
+# Reading rows back. Every field is checked in SQL before it goes into the document, so that no
+# row, however damaged (a blob, bytes that are not UTF-8, a NUL, a NULL, a wrong type), can make
+# the document fail or undecodable: names go as hex (their exact bytes, capped at what 255
+# characters can take), doubles as exact text (see the module docstring), and a field of the
+# wrong type as the array [its type, the hex of its first 32 bytes]. Python then checks each row
+# with the rules of _validation; a malformed one comes back with a ``problem``, never an error.
 _EXACT = "printf('%!.18g', {})"  # see the module docstring
+_MAX_NAME_BYTES = 4 * _validation.MAX_NAME_LENGTH  # 255 characters take at most this in UTF-8
+
+
+def _bad(column: str) -> str:
+    return f"json_array(typeof({column}), substr(hex({column}), 1, 64))"
+
+
+def _double_column(column: str, double: str) -> str:
+    return f"CASE typeof({column}) WHEN 'real' THEN {double} ELSE {_bad(column)} END"
+
+
+def _row_columns(exact: str) -> str:
+    """The checked columns of a pending row; ``exact`` renders a double (as text, or itself)."""
+    return f"""
+    id,
+    CASE typeof(stream) WHEN 'integer' THEN stream ELSE {_bad("stream")} END,
+    CASE WHEN typeof(name) != 'text' THEN {_bad("name")}
+         WHEN length(CAST(name AS BLOB)) > {_MAX_NAME_BYTES}
+              THEN json_array('long text', length(CAST(name AS BLOB)), substr(hex(name), 1, 64))
+         ELSE hex(name) END,
+    CASE typeof(value) WHEN 'real' THEN {exact.format("value")}
+         WHEN 'blob' THEN CASE WHEN value = X'2D30' THEN '-0' ELSE {_bad("value")} END
+         ELSE {_bad("value")} END,
+    CASE typeof(step) WHEN 'integer' THEN step WHEN 'null' THEN NULL ELSE {_bad("step")} END,
+    {_double_column("ts", exact.format("ts"))},
+    {_double_column("logged_at", exact.format("logged_at"))}
+    """
+
+
+def _hex_or_null(column: str) -> str:
+    return f"CASE WHEN {column} IS NULL THEN NULL ELSE hex({column}) END"  # hex(NULL) is ''
+
+
+# For inspect: a row's trial component, or which stream it names that is missing.
+_SHOWN_TRIAL_COMPONENT = (
+    "CASE WHEN s.id IS NULL THEN hex('? (stream ' || coalesce(p.stream, 'NULL') || ' is missing)') "
+    "ELSE hex(s.trial_component) END"
+)
+
 _PENDING_ROWS = "SELECT * FROM points WHERE id > ? AND state = 0 ORDER BY id LIMIT ?"
-_LOAD_POINTS = f"""
-SELECT json_group_array(json_array(
-    id, stream, name,
-    CASE typeof(value) WHEN 'blob' THEN CAST(value AS TEXT) ELSE {_EXACT.format("value")} END,
-    step, {_EXACT.format("ts")}, {_EXACT.format("logged_at")}
-)) FROM ({_PENDING_ROWS})
-"""
+_LOAD_POINTS = f"SELECT json_group_array(json_array({_row_columns(_EXACT)})) FROM ({_PENDING_ROWS})"
 # The same rows one by one, doubles as bound values: exact on any build, but one GIL round trip a row.
-_LOAD_POINTS_BY_ROW = f"SELECT id, stream, name, value, step, ts, logged_at FROM ({_PENDING_ROWS})"
+_LOAD_POINTS_BY_ROW = f"SELECT {_row_columns('{}')} FROM ({_PENDING_ROWS})"
 
 _USED_BYTES = """
 SELECT (page_count - freelist_count) * page_size
@@ -142,7 +182,12 @@ class SpoolLockedError(SpoolError):
 
 @dataclass(frozen=True, slots=True)
 class SpoolRow:
-    """A pending point read back from the spool."""
+    """A pending point read back from the spool.
+
+    ``problem`` is None for a well-formed row. For a malformed one it says what is wrong (naming
+    the spool and the row), and the fields that could not be read are placeholders: the name
+    with bad bytes escaped, value NaN, step None, times 0.0, trial component "".
+    """
 
     id: int
     trial_component: str
@@ -151,6 +196,7 @@ class SpoolRow:
     step: int | None
     timestamp: float
     logged_at: float
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +221,18 @@ class Spool:
         self._exact_text = _doubles_survive_text()
         self._streams: dict[str, int] = {}
         self._stream_names: dict[int, str] = {}
-        for stream_id, trial_component in self._db.execute("SELECT id, trial_component FROM streams"):
-            self._streams[trial_component] = stream_id
-            self._stream_names[stream_id] = trial_component
+        self._bad_streams: dict[int, str] = {}  # stream id -> what is wrong with its trial component
+        for stream_id, kind, raw in self._db.execute(
+            "SELECT id, typeof(trial_component), hex(trial_component) FROM streams"
+        ):
+            trial_component, problem = _read_trial_component(kind, raw)
+            if problem is None:
+                self._streams[trial_component] = stream_id
+                self._stream_names[stream_id] = trial_component
+            else:
+                self._bad_streams[stream_id] = (
+                    f"the trial component of stream {stream_id} is not valid: {problem}"
+                )
         _open_spools.add(self)
 
     # -- opening ---------------------------------------------------------------------------
@@ -255,9 +310,6 @@ class Spool:
             self._stream_names[stream_id] = trial_component
         return stream_id
 
-    def trial_component(self, stream_id: int) -> str:
-        return self._stream_names[stream_id]
-
     def commit(
         self,
         *,
@@ -317,23 +369,95 @@ class Spool:
         return True
 
     def load(self, *, after_id: int, limit: int) -> list[SpoolRow]:
-        """Pending points with an id above ``after_id``, oldest first."""
+        """Pending points with an id above ``after_id``, oldest first; malformed ones with a ``problem``."""
         with self._errors("read"):
             if self._exact_text:
                 document = self._db.execute(_LOAD_POINTS, (after_id, limit)).fetchone()[0]
                 rows = json.loads(document) if document else []
             else:
-                rows = self._db.execute(_LOAD_POINTS_BY_ROW, (after_id, limit)).fetchall()
-        names = self._stream_names
-        return [
-            SpoolRow(r[0], names[r[1]], r[2], _double(r[3]), r[4], _double(r[5]), _double(r[6])) for r in rows
-        ]
+                rows = [
+                    [json.loads(f) if type(f) is str and f[:1] == "[" else f for f in row]  # [type, hex]
+                    for row in self._db.execute(_LOAD_POINTS_BY_ROW, (after_id, limit))
+                ]
+        stream_names = self._stream_names
+        names: dict[str, str | None] = {}  # hex -> the name, or None if it breaks a rule: checked once
+        latest, max_step = _LATEST_TIME, _validation.MAX_STEP
+        loaded = []
+        for row in rows:
+            # The usual row in a few tests, inline (this runs for every row of a backlog); a field
+            # of the wrong type arrives as a [type, hex] list and raises TypeError here. Anything
+            # unusual goes to _malformed, which says what is wrong.
+            row_id, stream, name_hex, value, step, ts, logged_at = row
+            try:
+                trial_component = stream_names[stream]
+                if name_hex in names:
+                    name = names[name_hex]
+                else:
+                    name = names[name_hex] = _valid_name(name_hex)
+                value, ts, logged_at = float(value), float(ts), float(logged_at)  # exact text, or bound
+            except (KeyError, TypeError, ValueError):
+                loaded.append(self._malformed(row))
+                continue
+            if (
+                name is not None
+                and value - value == 0.0  # finite: inf - inf and nan - nan are nan
+                and 0.0 <= ts < latest
+                and 0.0 <= logged_at < latest
+                and (step is None or (type(step) is int and 0 <= step <= max_step))
+            ):
+                loaded.append(SpoolRow(row_id, trial_component, name, value, step, ts, logged_at))
+            else:
+                loaded.append(self._malformed(row))
+        return loaded
+
+    def _malformed(self, row: Sequence[Any]) -> SpoolRow:
+        """A row that breaks a rule, with every problem named and the readable fields kept."""
+        row_id, stream, name_hex, stored_value, step, stored_ts, stored_logged_at = row
+        problems = []
+        trial_component = ""
+        if type(stream) is not int:
+            problems.append(f"stream is {_describe(stream)}, not a stream id")
+        elif stream in self._stream_names:
+            trial_component = self._stream_names[stream]
+        else:
+            problems.append(self._bad_streams.get(stream, f"stream {stream} is not in the streams table"))
+        name, name_problem = _read_name(name_hex)
+        if name_problem is not None:
+            problems.append(name_problem)
+        value = _finite(stored_value)
+        if value is None:
+            problems.append(f"value is {_describe(stored_value)}, not a finite number")
+        if step is not None and not (type(step) is int and 0 <= step <= _validation.MAX_STEP):
+            problems.append(
+                f"step {step} is not in 0..{_validation.MAX_STEP}"
+                if type(step) is int
+                else f"step is {_describe(step)}, not an integer"
+            )
+            step = None
+        times = []
+        for field, stored in (("timestamp", stored_ts), ("logged_at", stored_logged_at)):
+            seconds = _time(stored)
+            if seconds is None:
+                problems.append(
+                    f"{field} is {_describe(stored)}, not epoch seconds (a finite number from 1970 to 9999)"
+                )
+            times.append(seconds or 0.0)
+        problem = (
+            f"row {row_id} of the spool {self.path} is malformed: {'; '.join(problems)}; "
+            "it is kept there as a dead letter"
+        )
+        value = math.nan if value is None else value
+        return SpoolRow(row_id, trial_component, name, value, step, times[0], times[1], problem)
 
     def next_row_id(self) -> int:
         """The id the next appended point will get (AUTOINCREMENT never reuses one)."""
+        # As SQLite does: above both the counter (read as an integer, whatever it holds) and every id.
         with self._errors("read"):
-            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'points'").fetchone()
-        return int(row[0]) + 1 if row else 1
+            row = self._db.execute(
+                "SELECT max(coalesce((SELECT max(CAST(seq AS INTEGER)) FROM sqlite_sequence "
+                "WHERE name = 'points'), 0), coalesce((SELECT max(id) FROM points), 0))"
+            ).fetchone()
+        return int(row[0]) + 1
 
     def count_pending(self) -> int:
         with self._errors("read"):
@@ -367,36 +491,50 @@ class Spool:
         return int(moved)
 
     def summary(self) -> list[SpoolSummaryRow]:
-        """Pending and dead points per trial component and metric."""
+        """Pending and dead points per trial component and metric.
+
+        Text is read as hex and decoded with bad bytes escaped, so any row can be shown; a row
+        whose stream is missing counts under the trial component "?". A state other than 0
+        counts as dead.
+        """
         with self._errors("read"):
             rows = self._db.execute(
-                "SELECT s.trial_component, p.name, p.state, p.code, count(*) FROM points p "
-                "JOIN streams s ON s.id = p.stream GROUP BY 1, 2, 3, 4 ORDER BY 1, 2"
+                f"SELECT {_SHOWN_TRIAL_COMPONENT}, {_hex_or_null('p.name')}, p.state = 0, "
+                f"{_hex_or_null('p.code')}, count(*) "
+                "FROM points p LEFT JOIN streams s ON s.id = p.stream GROUP BY 1, 2, 3, 4"
             ).fetchall()
         table: dict[tuple[str, str], SpoolSummaryRow] = {}
-        for trial_component, name, state, code, count in rows:
-            key = (trial_component, name)
-            entry = table.setdefault(key, SpoolSummaryRow(trial_component, name, 0, 0, {}))
-            if state == PENDING:
-                entry = SpoolSummaryRow(
-                    trial_component, name, entry.pending + count, entry.dead, entry.dead_codes
-                )
+        for trial_component_hex, name_hex, pending, code_hex, count in rows:
+            key = (_shown(trial_component_hex), _shown(name_hex))
+            entry = table.setdefault(key, SpoolSummaryRow(*key, 0, 0, {}))
+            if pending == 1:
+                entry = SpoolSummaryRow(*key, entry.pending + count, entry.dead, entry.dead_codes)
             else:
-                entry.dead_codes[code or "?"] = entry.dead_codes.get(code or "?", 0) + count
-                entry = SpoolSummaryRow(
-                    trial_component, name, entry.pending, entry.dead + count, entry.dead_codes
-                )
+                code = _shown(code_hex)
+                entry.dead_codes[code] = entry.dead_codes.get(code, 0) + count
+                entry = SpoolSummaryRow(*key, entry.pending, entry.dead + count, entry.dead_codes)
             table[key] = entry
-        return list(table.values())
+        return sorted(table.values(), key=lambda r: (r.trial_component, r.name))
 
-    def dead_letters(self, limit: int = 20) -> list[tuple[str, str, int | None, str, str, int]]:
+    def dead_letters(self, limit: int = 20) -> list[tuple[str, str, int | str | None, str, str, int | str]]:
+        """The first dead letters: (trial component, name, step, code, message, attempts).
+
+        Read as summary() reads; a step or attempts count that is not an integer shows as "?".
+        """
         with self._errors("read"):
             rows = self._db.execute(
-                "SELECT s.trial_component, p.name, p.step, p.code, p.message, p.attempts FROM points p "
-                "JOIN streams s ON s.id = p.stream WHERE p.state = 1 ORDER BY p.id LIMIT ?",
+                f"SELECT {_SHOWN_TRIAL_COMPONENT}, {_hex_or_null('p.name')}, "
+                "CASE typeof(p.step) WHEN 'integer' THEN p.step WHEN 'null' THEN NULL ELSE '?' END, "
+                f"{_hex_or_null('p.code')}, {_hex_or_null('p.message')}, "
+                "CASE typeof(p.attempts) WHEN 'integer' THEN p.attempts ELSE '?' END "
+                "FROM points p LEFT JOIN streams s ON s.id = p.stream "
+                "WHERE p.state = 1 ORDER BY p.id LIMIT ?",
                 (limit,),
             ).fetchall()
-        return [tuple(r) for r in rows]
+        return [
+            (_shown(tc), _shown(name), step, _shown(code), _shown(message), attempts)
+            for tc, name, step, code, message, attempts in rows
+        ]
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -419,11 +557,92 @@ class Spool:
             raise SpoolError(f"cannot {verb} the spool {self.path}: {exc}") from exc
 
 
-def _double(stored: Any) -> float:
-    """A double as read: a float (bound), its exact text, or the blob for -0.0."""
-    if stored == _NEGATIVE_ZERO:
-        return -0.0
-    return float(stored)
+# A time must be what datetime.fromtimestamp takes: epoch seconds from 1970 to the end of 9999.
+_LATEST_TIME = 253402300800.0
+
+
+def _finite(stored: Any) -> float | None:
+    """A value as read (a float when bound, else its exact text), or None if it is not a finite number."""
+    if type(stored) is str:
+        stored = float(stored)  # exact text from printf, or "-0"
+    elif type(stored) is not float:
+        return None  # the [type, hex] array of a field of the wrong type
+    return stored if math.isfinite(stored) else None
+
+
+def _time(stored: Any) -> float | None:
+    seconds = _finite(stored)
+    return seconds if seconds is not None and 0.0 <= seconds < _LATEST_TIME else None
+
+
+def _valid_name(name_hex: str) -> str | None:
+    name, problem = _read_name(name_hex)
+    return name if problem is None else None
+
+
+def _read_name(stored: Any) -> tuple[str, str | None]:
+    """The metric name from its hex (or the array of a wrong type), and what is wrong with it, if anything."""
+    if type(stored) is not str:
+        return _shown_marker(stored), (
+            f"name is {_describe(stored)}, not text"
+            if stored[0] != "long text"
+            else f"name is {stored[1]} bytes long (at most {_validation.MAX_NAME_LENGTH} characters)"
+        )
+    raw = bytes.fromhex(stored)
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace"), f"name {raw[:64]!r} is not valid UTF-8"
+    try:
+        _validation.check_name(name)
+    except InvalidMetricError as exc:
+        return name, f"name: {exc}"
+    return name, None
+
+
+def _read_trial_component(kind: str, raw_hex: str) -> tuple[str, str | None]:
+    if kind != "text":
+        return "", f"it is {kind}, not text"
+    raw = bytes.fromhex(raw_hex)
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "", f"{raw[:64]!r} is not valid UTF-8"
+    try:
+        _validation.check_trial_component_name(name)
+    except InvalidMetricError as exc:
+        return "", str(exc)
+    return name, None
+
+
+def _describe(marker: Any) -> str:
+    """Says what a field held: a number as read, or from the [type, hex of its first bytes] array."""
+    if type(marker) is str:  # a double's exact text
+        marker = float(marker)
+    if type(marker) is not list or len(marker) != 2:
+        return repr(marker)
+    kind, raw_hex = marker
+    if kind == "null":
+        return "NULL"
+    raw = bytes.fromhex(raw_hex)
+    if kind == "blob":
+        return f"blob {raw!r}"
+    text = raw.decode("utf-8", "backslashreplace")
+    return f"{kind} {text}" if kind in ("integer", "real") else f"{kind} {text!r}"
+
+
+def _shown_marker(marker: Any) -> str:
+    """Best effort for a name of the wrong type: its text with bad bytes escaped, or ""."""
+    if type(marker) is list and len(marker) >= 2 and type(marker[-1]) is str:
+        return bytes.fromhex(marker[-1]).decode("utf-8", "backslashreplace")
+    return ""
+
+
+def _shown(raw_hex: str | None) -> str:
+    """Text read as hex, for display: bad bytes escaped; "?" for NULL."""
+    if raw_hex is None:
+        return "?"
+    return bytes.fromhex(raw_hex).decode("utf-8", "backslashreplace")
 
 
 # Doubles that a conversion with too few digits or too little precision gets wrong.

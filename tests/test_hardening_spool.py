@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import math
 import os
 import random
@@ -12,14 +13,16 @@ import sqlite3
 import struct
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from conftest import FakeClient
 
-from metricsbuf import MetricsLogger, SpoolError, _spool
+from metricsbuf import SPOOL_CORRUPT, FailedMetric, MetricsLogger, SpoolError, _cli, _spool
 from metricsbuf.__main__ import main as cli
 from metricsbuf._spool import Spool
 from metricsbuf.testing import FakeMetricsService
@@ -341,3 +344,159 @@ async def test_a_forked_child_cannot_use_the_spool_and_the_parent_keeps_its_lock
     assert len(lines) == 3 and lines[0].startswith("child:"), lines
     assert "fork" in lines[0] and str(tmp_path) in lines[0]
     assert lines[1:] == ["parent: still locked", "parent: pending 2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A malformed row becomes a dead letter (SPOOL_CORRUPT); the rest of the spool is delivered
+
+
+def relax_schema(conn: sqlite3.Connection) -> None:
+    """The points table without its NOT NULL rules nor column types (so no conversion to TEXT or
+    REAL on the way in), as a hand-made or damaged spool may have it."""
+    conn.executescript(
+        """
+        BEGIN;
+        ALTER TABLE points RENAME TO old_points;
+        CREATE TABLE points (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, stream, name, value, step, ts, logged_at,
+            state INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0, code TEXT, message TEXT
+        );
+        INSERT INTO points SELECT * FROM old_points;
+        DROP TABLE old_points;
+        COMMIT;
+        """
+    )
+
+
+# (id, what row 2 gets, words the dead letter's message must hold)
+CORRUPTIONS = [
+    ("ts-text", "ts = 'x'", "timestamp"),
+    ("ts-blob", "ts = X'FF00'", "timestamp"),
+    ("ts-huge", "ts = 1e300", "timestamp"),
+    ("ts-infinite", "ts = 1e999", "timestamp"),
+    ("unknown-stream", "stream = 99", "stream 99"),
+    ("stream-text", "stream = 'x'", "stream"),
+    ("name-integer", "name = 123", "name"),
+    ("name-blob", "name = X'6C6F7373'", "name"),
+    ("name-bad-utf8", "name = CAST(X'6CFF73' AS TEXT)", "UTF-8"),
+    ("name-nul", "name = CAST(X'6C0073' AS TEXT)", "NUL"),
+    ("name-surrogate", "name = CAST(X'6CEDA08073' AS TEXT)", "UTF-8"),
+    ("name-empty", "name = ''", "1-255"),
+    ("name-line-break", "name = 'a' || char(10) || 'b'", "line breaks"),
+    ("name-too-long", "name = hex(zeroblob(150))", "1-255"),
+    ("value-text", "value = 'abc'", "value"),
+    ("value-blob", "value = X'00FF'", "value"),
+    ("value-infinite", "value = -1e999", "value"),
+    ("step-too-big", "step = 4294967296", "step"),
+    ("step-negative", "step = -1", "step"),
+    ("step-real", "step = 1.5", "step"),
+    ("step-text", "step = 'x'", "step"),
+    ("logged-at-text", "logged_at = 'x'", "logged_at"),
+    ("name-null", "name = NULL", "name"),
+    ("value-null", "value = NULL", "value"),
+    ("ts-null", "ts = NULL", "timestamp"),
+    ("logged-at-null", "logged_at = NULL", "logged_at"),
+    ("stream-null", "stream = NULL", "stream"),
+]
+
+
+def corrupt_row_2(folder: Path, change: str) -> None:
+    with db(folder) as conn:
+        if "NULL" in change or "name = 123" in change:  # what the real schema would refuse or convert
+            relax_schema(conn)
+        conn.execute(f"UPDATE points SET {change} WHERE id = 2")
+
+
+def dead_letters(folder: Path) -> list[tuple[Any, ...]]:
+    with db(folder) as conn:
+        return conn.execute("SELECT id, state, code, message FROM points ORDER BY id").fetchall()
+
+
+@pytest.mark.parametrize(("change", "words"), [c[1:] for c in CORRUPTIONS], ids=[c[0] for c in CORRUPTIONS])
+async def test_sync_delivers_the_good_rows_and_keeps_a_malformed_one_as_a_dead_letter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: str, words: str
+) -> None:
+    await make_spool(tmp_path, points=3)  # row ids 1, 2, 3: steps 0, 1, 2
+    corrupt_row_2(tmp_path, change)
+    assert _cli.inspect(str(tmp_path), out=io.StringIO()) == 0  # inspect copes before too
+
+    async with FakeMetricsService() as svc:
+        with service_env(svc):
+            code, output = await asyncio.to_thread(sync_exit_code, tmp_path, capsys)
+        assert sorted(p.step for p in svc.points) == [0, 2], output
+    assert code == 1 and "delivered: 2" in output and "SPOOL_CORRUPT" in output, output
+    [(row_id, state, row_code, message)] = dead_letters(tmp_path)
+    assert (row_id, state, row_code) == (2, 1, SPOOL_CORRUPT)
+    assert f"row 2 of the spool {tmp_path / 'spool.sqlite3'}" in message and words in message, message
+
+    shown = io.StringIO()
+    assert _cli.inspect(str(tmp_path), out=shown) == 0
+    assert "1 dead letter(s)" in shown.getvalue() and "SPOOL_CORRUPT" in shown.getvalue()
+
+
+async def test_a_logger_reports_a_malformed_row_as_failed_and_goes_on(tmp_path: Path) -> None:
+    await make_spool(tmp_path, points=4)
+    with db(tmp_path) as conn:
+        conn.execute("UPDATE points SET ts = 'x' WHERE id = 2")
+        conn.execute("UPDATE points SET name = CAST(X'6CFF73' AS TEXT), value = 'v' WHERE id = 3")
+    reported: list[FailedMetric] = []
+    client = FakeClient()
+    async with MetricsLogger(
+        "run-2", client=client, spool_dir=tmp_path, on_failure=reported.extend
+    ) as metrics:
+        assert metrics.stats.recovered == 4
+        await metrics.flush()
+        await metrics.log("after", 1.0, step=9)
+    stats = metrics.stats
+    assert (stats.logged, stats.delivered, stats.failed, stats.pending) == (5, 3, 2, 0)
+    assert sorted((p["MetricName"], p["Step"]) for p in client.stored) == [
+        ("after", 9),
+        ("loss", 0),
+        ("loss", 3),
+    ]
+    assert stats.requests == len(client.requests)
+    assert reported == metrics.failures and [f.code for f in reported] == [SPOOL_CORRUPT] * 2
+    bad_time, bad_name = reported
+    # Best effort: what could be read is kept; the rest gets a placeholder.
+    assert (bad_time.name, bad_time.value, bad_time.step) == ("loss", 1.0, 1)
+    assert bad_time.timestamp == datetime.fromtimestamp(0, tz=timezone.utc)
+    assert bad_name.name == "l\\xffs" and math.isnan(bad_name.value) and bad_name.step == 2
+    assert "row 2" in bad_time.message and "row 3" in bad_name.message
+    assert [r[:3] for r in dead_letters(tmp_path)] == [(2, 1, SPOOL_CORRUPT), (3, 1, SPOOL_CORRUPT)]
+
+
+async def test_rows_of_a_stream_with_a_bad_trial_component_become_dead_letters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for run in ("run-a", "run-b", "run-c"):
+        async with MetricsLogger(run, spool_dir=tmp_path, offline=True) as metrics:
+            await metrics.log_many({"x": 1.0, "y": 2.0}, step=0)
+    with db(tmp_path) as conn:
+        conn.execute("UPDATE streams SET trial_component = 'Not Valid' WHERE trial_component = 'run-b'")
+        conn.execute(
+            "UPDATE streams SET trial_component = CAST(X'FF' AS TEXT) WHERE trial_component = 'run-c'"
+        )
+    async with FakeMetricsService() as svc:
+        with service_env(svc):
+            code, output = await asyncio.to_thread(sync_exit_code, tmp_path, capsys)
+        assert sorted((p.trial_component, p.name) for p in svc.points) == [("run-a", "x"), ("run-a", "y")]
+    assert code == 1 and "SPOOL_CORRUPT" in output
+    dead = dead_letters(tmp_path)
+    assert [(r[0], r[2]) for r in dead] == [
+        (3, SPOOL_CORRUPT),
+        (4, SPOOL_CORRUPT),
+        (5, SPOOL_CORRUPT),
+        (6, SPOOL_CORRUPT),
+    ]
+    assert all("trial component" in r[3] for r in dead), dead
+
+
+async def test_a_garbled_autoincrement_counter_does_not_stop_the_spool(tmp_path: Path) -> None:
+    await make_spool(tmp_path, points=3)
+    with db(tmp_path) as conn:
+        conn.execute("UPDATE sqlite_sequence SET seq = 'x' WHERE name = 'points'")
+    client = FakeClient()
+    async with MetricsLogger("run-2", client=client, spool_dir=tmp_path) as metrics:
+        await metrics.log("after", 1.0, step=0)
+    assert (metrics.stats.delivered, metrics.stats.failed) == (4, 0)
