@@ -1082,7 +1082,6 @@ class MetricsLogger:
             return
         self._retried += sum(1 for a in group.attempts if a)
         group.attempts = [a + 1 for a in group.attempts]
-        self._requests += 1
         # Timestamps go as aware UTC datetimes, not epoch floats: botocore turns a float into a
         # datetime through dateutil's tzlocal for every point, which made serializing a 10-point
         # request cost 185 us instead of 81 us. The bytes on the wire are the same
@@ -1100,6 +1099,7 @@ class MetricsLogger:
             for p in points
         ]
         group.maybe_stored = True
+        self._requests += 1  # here, not before building the request: counts only requests made
         try:
             response = await self._client.batch_put_metrics(  # type: ignore[union-attr]
                 TrialComponentName=group.trial_component, MetricData=metric_data

@@ -22,7 +22,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from conftest import FakeClient
 
-from metricsbuf import SPOOL_CORRUPT, FailedMetric, MetricsLogger, SpoolError, _cli, _spool
+from metricsbuf import SPOOL_CORRUPT, FailedMetric, MetricsLogger, SpoolError, _cli, _logger, _spool
 from metricsbuf.__main__ import main as cli
 from metricsbuf._spool import Spool
 from metricsbuf.testing import FakeMetricsService
@@ -500,3 +500,19 @@ async def test_a_garbled_autoincrement_counter_does_not_stop_the_spool(tmp_path:
     async with MetricsLogger("run-2", client=client, spool_dir=tmp_path) as metrics:
         await metrics.log("after", 1.0, step=0)
     assert (metrics.stats.delivered, metrics.stats.failed) == (4, 0)
+async def test_requests_counts_only_requests_actually_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    class BrokenDatetime(datetime):
+        @classmethod
+        def fromtimestamp(cls, t: float, tz: Any = None) -> Any:  # type: ignore[override]
+            raise OverflowError("cannot build the request")
+
+    client = FakeClient()
+    async with MetricsLogger("run-1", client=client) as metrics:
+        monkeypatch.setattr(_logger, "datetime", BrokenDatetime)
+        await metrics.log("loss", 1.0, step=0)
+        await metrics.flush()
+        monkeypatch.undo()
+        await metrics.log("loss", 2.0, step=1)
+    assert client.requests == [[client.stored[0]]]
+    assert metrics.stats.requests == 1 and metrics.stats.failed == 1
+    assert metrics.failures[0].code == "OverflowError"
