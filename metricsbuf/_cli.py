@@ -1,4 +1,9 @@
-"""``metricsbuf sync`` and ``metricsbuf inspect``: working with a spool from the command line."""
+"""``metricsbuf sync`` and ``metricsbuf inspect``: working with a spool from the command line.
+
+Everything printed that comes from a spool or the service (names, codes, messages, paths) goes
+through ``_printable``: a metric name may hold any character but a line break, and a spool may
+have been edited by hand, so escape sequences must not reach the terminal.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,18 @@ _SYNC_TRIAL_COMPONENT = "metricsbuf-sync"
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1  # something failed or is still pending
 EXIT_ERROR = 2  # could not run (bad spool, locked, no credentials, ...)
+
+
+def _printable(text: object) -> str:
+    """``text`` with every character a terminal could act on escaped, as repr() writes it.
+
+    Not printable (str.isprintable) are controls (ESC, BEL, C1 such as CSI), format characters
+    (bidi overrides, zero-width), surrogates, and separators other than the space.
+    """
+    shown = str(text)
+    if shown.isprintable():
+        return shown
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
 
 
 async def sync(
@@ -54,7 +71,7 @@ async def sync(
     progress = Progress(out)
     async with logger:
         total = logger.stats.recovered
-        out.write(f"{total} pending point(s) in {path}\n")
+        out.write(f"{total} pending point(s) in {_printable(path)}\n")
         flushing = asyncio.ensure_future(logger.flush())
         while not flushing.done():
             progress.update(_line(logger, total))
@@ -92,24 +109,26 @@ def inspect(path: str, *, out: TextIO | None = None) -> int:
     finally:
         spool.close()
     file_size = sum(f.stat().st_size for f in Path(path).glob("spool.sqlite3*"))
-    out.write(f"spool {path}: {used} bytes in use, {file_size} bytes on disk\n")
+    out.write(f"spool {_printable(path)}: {used} bytes in use, {file_size} bytes on disk\n")
     if not rows:
         out.write("empty: nothing pending, no dead letters\n")
         return EXIT_OK
-    width = max(len("metric"), *(len(r.name) for r in rows))
+    names = [_printable(r.name) for r in rows]
+    width = max(len("metric"), *(len(n) for n in names))
     current = None
-    for row in rows:
+    for row, name in zip(rows, names, strict=True):
         if row.trial_component != current:
             current = row.trial_component
-            out.write(f"trial component {current}\n")
+            out.write(f"trial component {_printable(current)}\n")
             out.write(f"  {'metric':<{width}}  {'pending':>8}  {'dead':>6}  dead letters by code\n")
-        codes = ", ".join(f"{code}: {count}" for code, count in sorted(row.dead_codes.items()))
-        out.write(f"  {row.name:<{width}}  {row.pending:>8}  {row.dead:>6}  {codes}\n")
+        codes = ", ".join(f"{_printable(code)}: {count}" for code, count in sorted(row.dead_codes.items()))
+        out.write(f"  {name:<{width}}  {row.pending:>8}  {row.dead:>6}  {codes}\n")
     pending = sum(r.pending for r in rows)
     dead_total = sum(r.dead for r in rows)
     out.write(f"total: {pending} pending, {dead_total} dead letter(s)\n")
     for trial_component, name, step, code, message, attempts in dead:
         out.write(
-            f"  dead: {trial_component}/{name} step={step} {code} after {attempts} attempt(s): {message}\n"
+            f"  dead: {_printable(trial_component)}/{_printable(name)} step={_printable(step)} "
+            f"{_printable(code)} after {_printable(attempts)} attempt(s): {_printable(message)}\n"
         )
     return EXIT_OK

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from conftest import FakeClient
+from conftest import FakeClient, errors
 
 from metricsbuf import SPOOL_CORRUPT, FailedMetric, MetricsLogger, SpoolError, _cli, _logger, _spool
 from metricsbuf.__main__ import main as cli
@@ -500,6 +500,8 @@ async def test_a_garbled_autoincrement_counter_does_not_stop_the_spool(tmp_path:
     async with MetricsLogger("run-2", client=client, spool_dir=tmp_path) as metrics:
         await metrics.log("after", 1.0, step=0)
     assert (metrics.stats.delivered, metrics.stats.failed) == (4, 0)
+
+
 async def test_requests_counts_only_requests_actually_sent(monkeypatch: pytest.MonkeyPatch) -> None:
     class BrokenDatetime(datetime):
         @classmethod
@@ -516,3 +518,38 @@ async def test_requests_counts_only_requests_actually_sent(monkeypatch: pytest.M
     assert client.requests == [[client.stored[0]]]
     assert metrics.stats.requests == 1 and metrics.stats.failed == 1
     assert metrics.failures[0].code == "OverflowError"
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line: safe output, exit codes
+
+
+def unsafe_characters(text: str) -> list[str]:
+    """Characters a terminal may act on: controls (ESC, BEL, C1 such as CSI), format characters
+    (bidi overrides), separators other than space; the newlines between lines are fine."""
+    return [c for c in text.replace("\n", "") if not c.isprintable()]
+
+
+async def test_inspect_escapes_control_characters(tmp_path: Path) -> None:
+    names = ["retitle\x1b]0;pwned\x07", "csi\x9b31m", "bidi\u202eeman", "tab\tname", "del\x7f"]
+
+    def reject_first(number: int, data: list[dict[str, Any]]) -> dict[str, Any] | None:
+        return errors((0, "EVIL\x1b[2J")) if number == 0 else None
+
+    async with MetricsLogger("run-1", client=FakeClient(reject_first), spool_dir=tmp_path) as metrics:
+        await metrics.log("dead\x1b[31m", 1.0, step=0)  # rejected by the service with an evil code
+    async with MetricsLogger("run-2", spool_dir=tmp_path, offline=True) as metrics:
+        for step, name in enumerate(names):
+            await metrics.log(name, 1.0, step=step)
+    with db(tmp_path) as conn:  # a hand-edited spool: a trial component the library would refuse
+        conn.execute("UPDATE streams SET trial_component = 'run-2' || char(27) || '[8m' WHERE id = 2")
+
+    shown = io.StringIO()
+    assert _cli.inspect(str(tmp_path), out=shown) == 0
+    output = shown.getvalue()
+    assert unsafe_characters(output) == [], output
+    for escaped in ("retitle\\x1b]0;pwned\\x07", "csi\\x9b31m", "bidi\\u202eeman", "tab\\tname", "del\\x7f"):
+        assert escaped in output, output
+    assert "run-2\\x1b[8m" in output and "dead\\x1b[31m" in output
+    assert "EVIL\\x1b[2J: 1" in output  # the code, in the table and in the dead letter's line
+    assert "dead: run-1/dead\\x1b[31m step=0 EVIL\\x1b[2J after 1 attempt(s)" in output
