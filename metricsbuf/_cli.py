@@ -1,5 +1,10 @@
 """``metricsbuf sync`` and ``metricsbuf inspect``: working with a spool from the command line.
 
+Exit codes: EXIT_OK (0) when the spool holds nothing afterwards (everything delivered),
+EXIT_INCOMPLETE (1) when something failed, is still pending, or dead letters are left in the
+spool; 2 when the command could not run (no spool, spool in use, damaged store, no
+credentials): ``__main__`` returns it for any MetricsBufError, and argparse for a bad command line.
+
 Everything printed that comes from a spool or the service (names, codes, messages, paths) goes
 through ``_printable``: a metric name may hold any character but a line break, and a spool may
 have been edited by hand, so escape sequences must not reach the terminal.
@@ -16,6 +21,7 @@ from typing import TextIO
 import anyio
 
 from ._console import Progress, bar
+from ._exceptions import MetricsBufError
 from ._logger import MetricsLogger
 from ._spool import Spool
 
@@ -23,8 +29,7 @@ from ._spool import Spool
 _SYNC_TRIAL_COMPONENT = "metricsbuf-sync"
 
 EXIT_OK = 0
-EXIT_INCOMPLETE = 1  # something failed or is still pending
-EXIT_ERROR = 2  # could not run (bad spool, locked, no credentials, ...)
+EXIT_INCOMPLETE = 1  # something failed, is still pending, or dead letters are left in the spool
 
 
 def _printable(text: object) -> str:
@@ -48,7 +53,11 @@ async def sync(
     max_attempts: int = 8,
     out: TextIO | None = None,
 ) -> int:
-    """Sends everything pending in the spool at ``path``; returns the exit code."""
+    """Sends everything pending in the spool at ``path``; returns the exit code (see the module docstring).
+
+    Raises:
+        MetricsBufError: the command could not run (exit code 2 in ``__main__``).
+    """
     out = out or sys.stdout
     if retry_failed:
         spool = await anyio.to_thread.run_sync(lambda: Spool.open(path, create=False))
@@ -69,7 +78,13 @@ async def sync(
         max_in_flight=8,
     )
     progress = Progress(out)
-    async with logger:
+    try:
+        await logger.start()
+    except MetricsBufError:
+        raise
+    except Exception as exc:  # e.g. botocore's ValueError for a malformed --endpoint-url
+        raise MetricsBufError(f"could not start sending: {exc}") from exc
+    try:
         total = logger.stats.recovered
         out.write(f"{total} pending point(s) in {_printable(path)}\n")
         flushing = asyncio.ensure_future(logger.flush())
@@ -78,18 +93,28 @@ async def sync(
             await asyncio.wait([flushing], timeout=0.25)
         flushing.result()
         progress.done(_line(logger, total))
+    finally:
+        await logger.aclose()
     stats = logger.stats
     failed_by_code = Counter(f.code for f in logger.failures)
+    dead = await anyio.to_thread.run_sync(_count_dead, path)
     out.write(f"delivered: {stats.delivered}\n")
     out.write(f"failed:    {stats.failed}" + (f"  {dict(failed_by_code)}" if failed_by_code else "") + "\n")
     out.write(
         f"pending:   {stats.pending}" + ("  (run `metricsbuf sync` again)" if stats.pending else "") + "\n"
     )
-    if stats.failed:
-        out.write(
-            "failed points are kept as dead letters; `metricsbuf sync --retry-failed` sends them again\n"
-        )
-    return EXIT_OK if stats.failed == 0 and stats.pending == 0 else EXIT_INCOMPLETE
+    if dead:
+        # Failed points are kept as dead letters, with those of earlier runs: the spool is not empty.
+        out.write(f"dead letters: {dead} in the spool (`metricsbuf sync --retry-failed` sends them again)\n")
+    return EXIT_OK if stats.failed == 0 and stats.pending == 0 and dead == 0 else EXIT_INCOMPLETE
+
+
+def _count_dead(path: str) -> int:
+    spool = Spool.open(path, read_only=True)
+    try:
+        return spool.count_dead()
+    finally:
+        spool.close()
 
 
 def _line(logger: MetricsLogger, total: int) -> str:

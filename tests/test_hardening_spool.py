@@ -553,3 +553,32 @@ async def test_inspect_escapes_control_characters(tmp_path: Path) -> None:
     assert "run-2\\x1b[8m" in output and "dead\\x1b[31m" in output
     assert "EVIL\\x1b[2J: 1" in output  # the code, in the table and in the dead letter's line
     assert "dead: run-1/dead\\x1b[31m step=0 EVIL\\x1b[2J after 1 attempt(s)" in output
+
+
+async def test_sync_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 2: could not run (no spool here)
+    code, output = await asyncio.to_thread(sync_exit_code, tmp_path / "nothing", capsys)
+    assert code == 2 and "no metricsbuf spool" in output
+
+    # 1: dead letters are left from an earlier run, though nothing was pending
+    def reject_all(number: int, data: list[dict[str, Any]]) -> dict[str, Any]:
+        return errors(*((i, "VALIDATION_ERROR") for i in range(len(data))))
+
+    async with MetricsLogger("run-1", client=FakeClient(reject_all), spool_dir=tmp_path) as metrics:
+        await metrics.log("loss", 1.0, step=0)
+    async with FakeMetricsService() as svc:
+        with service_env(svc):
+            code, output = await asyncio.to_thread(sync_exit_code, tmp_path, capsys)
+            assert code == 1, output
+            assert "pending:   0" in output and "dead letters: 1 in the spool" in output, output
+            # 0: everything delivered, nothing left in the spool
+            code, output = await asyncio.to_thread(
+                lambda: (cli(["sync", str(tmp_path), "--retry-failed"]), capsys.readouterr().out)
+            )
+            assert code == 0 and "dead letters" not in output.split("queued again")[1], output
+            # 2 again: a malformed endpoint is a clear error, not a traceback (which would exit 1)
+            code, output = await asyncio.to_thread(
+                lambda: (cli(["sync", str(tmp_path), "--endpoint-url", "not a url"]), capsys.readouterr().err)
+            )
+            assert code == 2 and "metricsbuf: could not start sending: Invalid endpoint" in output, output
+        assert [p.name for p in svc.points] == ["loss"]
