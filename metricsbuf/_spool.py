@@ -143,7 +143,7 @@ def _row_columns(exact: str) -> str:
               THEN json_array('long text', length(CAST(name AS BLOB)), substr(hex(name), 1, 64))
          ELSE hex(name) END,
     CASE typeof(value) WHEN 'real' THEN {exact.format("value")}
-         WHEN 'blob' THEN CASE WHEN value = X'2D30' THEN '-0' ELSE {_bad("value")} END
+         WHEN 'blob' THEN CASE WHEN value = X'2D30' THEN '-0' ELSE {_bad("value")} END  -- _NEGATIVE_ZERO
          ELSE {_bad("value")} END,
     CASE typeof(step) WHEN 'integer' THEN step WHEN 'null' THEN NULL ELSE {_bad("step")} END,
     {_double_column("ts", exact.format("ts"))},
