@@ -8,7 +8,15 @@ See README.md for the options, the delivery guarantees and the error codes.
 
 from ._exceptions import BufferFullError, InvalidMetricError, LoggerClosedError, MetricsBufError
 from ._logger import MetricsLogger
-from ._models import CLOSE_TIMEOUT, DELIVERY_TIMEOUT, FLUSHER_CRASHED, SPOOL_ERROR, FailedMetric, MetricsStats
+from ._models import (
+    CLOSE_TIMEOUT,
+    DELIVERY_TIMEOUT,
+    FLUSHER_CRASHED,
+    SPOOL_CORRUPT,
+    SPOOL_ERROR,
+    FailedMetric,
+    MetricsStats,
+)
 from ._sagemaker_job import (
     ProcessPlacement,
     SageMakerJobError,
@@ -32,6 +40,7 @@ __all__ = [
     "MetricsLogger",
     "MetricsStats",
     "ProcessPlacement",
+    "SPOOL_CORRUPT",
     "SPOOL_ERROR",
     "SageMakerJobError",
     "SpoolError",

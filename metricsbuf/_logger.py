@@ -422,7 +422,7 @@ class MetricsLogger:
         """Validates one point and enqueues it; never waits on the network.
 
         Args:
-            name: 1-255 characters, no line breaks.
+            name: 1-255 characters, no line breaks, no NUL, no lone surrogates.
             value: a real number: int, float, or anything with ``__float__`` (numpy scalars,
                 0-d tensors). Not str, not None, not bool. NaN and infinities follow ``non_finite``.
             step: None or an integer (anything with ``__index__``, not bool) in 0..2**31-1.

@@ -11,6 +11,7 @@ DELIVERY_TIMEOUT = "DELIVERY_TIMEOUT"
 CLOSE_TIMEOUT = "CLOSE_TIMEOUT"
 FLUSHER_CRASHED = "FLUSHER_CRASHED"
 SPOOL_ERROR = "SPOOL_ERROR"
+SPOOL_CORRUPT = "SPOOL_CORRUPT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +56,11 @@ class FailedMetric:
             error code (``ThrottlingException``, ``ResourceNotFound``, ``AccessDeniedException``,
             a connection error's class name, ...), or one of metricsbuf's own:
             ``DELIVERY_TIMEOUT`` (waited ``delivery_timeout``), ``CLOSE_TIMEOUT`` (still held
-            when ``close_timeout`` ran out), ``FLUSHER_CRASHED``, or ``SPOOL_ERROR`` (logged with a
-            spool, but the final write to it failed at close).
+            when ``close_timeout`` ran out), ``FLUSHER_CRASHED``, ``SPOOL_ERROR`` (logged with a
+            spool, but the final write to it failed at close), or ``SPOOL_CORRUPT`` (a row read
+            back from a spool is malformed: the message names the spool and the row; the
+            fields that could not be read are placeholders: the name with bad bytes escaped,
+            value NaN, step None, timestamp 1970-01-01).
         message: a human-readable explanation.
         attempts: how many times the point was sent (0 if it never left the buffer).
     """

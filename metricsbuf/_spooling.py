@@ -31,7 +31,7 @@ import anyio
 from ._accumulator import Accumulator
 from ._buffer import LOGGED_AT, ROW_ID, Point, PointQueue
 from ._ledger import Ledger
-from ._models import SPOOL_ERROR
+from ._models import SPOOL_CORRUPT, SPOOL_ERROR
 from ._options import LoggerOptions
 from ._reporting import log
 from ._shielding import rearm_cancellation, wait_through_cancellation
@@ -84,6 +84,8 @@ class SpoolCoordinator:
         self.used_bytes = 0
         self._delete_ids: list[int] = []
         self._dead: list[tuple[str, str, int, int]] = []
+        # Malformed rows read from the backlog, with what is wrong: the logger fails them.
+        self.malformed: list[tuple[Any, str]] = []
         self._unsettled_since: float | None = None  # when the oldest pending ack/dead letter arrived
         self._committing_from: int | None = None  # first id of the points being written right now
         self.committing = 0  # how many points are being written right now
@@ -159,6 +161,11 @@ class SpoolCoordinator:
     def failed(self, points: list[Any], code: str, message: str, attempts: int) -> None:
         self._dead.extend((code, message, attempts, p[ROW_ID]) for p in points)
         self._note_unsettled()
+
+    def take_malformed(self) -> list[tuple[Any, str, str]]:
+        """The malformed rows loaded since the last call, as (point, code, message) to fail."""
+        malformed, self.malformed = self.malformed, []
+        return [(point, SPOOL_CORRUPT, problem) for point, problem in malformed]
 
     def leave_on_disk(self, count: int) -> None:
         """Points this logger stops trying; their rows stay pending for the next logger or `sync`."""
@@ -274,7 +281,11 @@ class SpoolCoordinator:
         return len(staged), moved
 
     async def load_backlog(self, queue: PointQueue, in_flight: int, max_batch_size: int) -> int:
-        """Moves backlog rows into ``queue`` when it runs low and memory has room; returns how many."""
+        """Moves backlog rows into ``queue`` when it runs low and memory has room; returns how many.
+
+        Malformed rows go to ``malformed`` instead (not counted in the result): the caller takes
+        them and fails them, so they become dead letters.
+        """
         if (
             not self.backlog
             or self.offline
@@ -382,6 +393,10 @@ class SpoolCoordinator:
         ledger.notify_progress()  # offline, a commit settles points
         loaded = await self.load_backlog(queue, in_flight(), self._accumulator.max_batch_size)
         ledger.held += loaded  # not `held += await ...`: that reads held before the await
+        for point, code, problem in self.take_malformed():
+            # A malformed row read from the backlog: held for a moment, then failed (a dead letter).
+            ledger.held += 1
+            ledger.record_failed([point], code, problem, 0)
         if self.full:
             ledger.reporter.warnings.warn(
                 "spool-full",
@@ -421,14 +436,20 @@ class SpoolCoordinator:
         assert self.spool is not None
         rows = await self._run(self.spool.load, after_id=self.cursor, limit=limit)
         now = time.time()  # delivery_timeout counts from when a point is loaded for sending
+        queued = 0
         for row in rows:
-            queue.append((row.name, row.value, row.step, row.timestamp, now, row.id, row.trial_component))
+            point = (row.name, row.value, row.step, row.timestamp, now, row.id, row.trial_component)
+            if row.problem is None:
+                queue.append(point)
+                queued += 1
+            else:
+                self.malformed.append((point, row.problem))  # never sent; the logger fails it
         if rows:
             self.cursor = rows[-1].id
         self.backlog -= len(rows)
         if len(rows) < limit:
             self.backlog = 0  # reached the end (rows may have been deleted meanwhile)
-        return len(rows)
+        return queued
 
     async def _run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Runs one spool call in the spool's thread, one at a time, in call order.

@@ -21,6 +21,7 @@ TRIAL_COMPONENT_NAME_RULE = (
     "1-120 characters matching ^[a-z0-9](-*[a-z0-9]){0,119}$ (lowercase letters, digits, hyphens)"
 )
 _TRIAL_COMPONENT_NAME_RE = re.compile(r"[a-z0-9](-*[a-z0-9]){0,119}")
+MAX_TRIAL_COMPONENT_NAME_LENGTH = 120
 
 MAX_NAME_LENGTH = 255
 MAX_STEP = 2**31 - 1  # the model's Step is a 32-bit Integer
@@ -44,7 +45,9 @@ def check_trial_component_name(name: object) -> str:
         raise InvalidMetricError(
             f"trial_component_name must be a str, got {type(name).__name__} {_short_repr(name)}"
         )
-    if _TRIAL_COMPONENT_NAME_RE.fullmatch(name) is None:
+    # The pattern is ASCII only (no NUL, no surrogate can pass), but it caps the letters and digits,
+    # not the hyphens between them: the length needs its own check.
+    if len(name) > MAX_TRIAL_COMPONENT_NAME_LENGTH or _TRIAL_COMPONENT_NAME_RE.fullmatch(name) is None:
         raise InvalidMetricError(
             f"trial_component_name {_short_repr(name)} breaks the service rule: {TRIAL_COMPONENT_NAME_RULE}"
         )
@@ -60,12 +63,26 @@ def check_name(name: object) -> str:
         )
     if _LINE_BREAKS_RE.search(name):
         raise InvalidMetricError(f"metric name must not contain line breaks: {_short_repr(name)}")
+    if "\x00" in name:
+        # SQLite's JSON and C strings end at a NUL: through the spool "a\x00b" would arrive as "a".
+        raise InvalidMetricError(f"metric name must not contain NUL characters: {_short_repr(name)}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # A lone surrogate: it cannot go on the wire, nor be read back from the spool.
+        raise InvalidMetricError(
+            f"metric name must be encodable as UTF-8 (a lone surrogate at index {exc.start}): "
+            f"{_short_repr(name)}"
+        ) from None
     return name
 
 
 def coerce_value(name: str, value: object) -> float:
-    """Turns anything real-valued (int, numpy scalar, 0-d tensor, Decimal, ...) into a float."""
-    if isinstance(value, (str, bytes, bytearray)) or value is None:
+    """Turns anything real-valued (int, numpy scalar, 0-d tensor, Decimal, ...) into a float.
+
+    Not str, bytes, None or bool: a bool is an int to Python, but True as a metric is a bug.
+    """
+    if isinstance(value, (str, bytes, bytearray, bool)) or value is None:
         raise InvalidMetricError(
             f"value of metric {name!r} must be a real number, got {type(value).__name__} {_short_repr(value)}"
         )
@@ -79,6 +96,9 @@ def coerce_value(name: str, value: object) -> float:
 
 
 def coerce_step(name: str, step: object) -> int:
+    """Returns the step as an int: anything with ``__index__`` except bool, in 0..MAX_STEP."""
+    if isinstance(step, bool):
+        raise InvalidMetricError(f"step of metric {name!r} must be None or an integer, got bool {step!r}")
     try:
         index = operator.index(step)  # type: ignore[arg-type]
     except Exception as exc:

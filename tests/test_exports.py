@@ -39,3 +39,8 @@ def test_contract_names_are_exported() -> None:
         "LoggerClosedError",
     ):
         assert name in metricsbuf.__all__
+
+
+def test_failure_codes_are_exported() -> None:
+    for code in ("CLOSE_TIMEOUT", "DELIVERY_TIMEOUT", "FLUSHER_CRASHED", "SPOOL_CORRUPT", "SPOOL_ERROR"):
+        assert getattr(metricsbuf, code) == code
