@@ -106,7 +106,7 @@ def _user_agent(app_id: object) -> str:
     """A fixed User-Agent for the logger's own client (botocore appends its own version).
 
     Without ``Config.user_agent``, botocore rebuilds its User-Agent string twice for every
-    request (about 38 us each, 8% of a request's CPU here), although for this client it never
+    request (a sizeable share of a request's CPU; see benchmarks/RESULTS.md), although it never
     changes. A fixed one is botocore's documented override, the way the SageMaker SDK sets its
     own. ``app_id`` is the user's application id (``AWS_SDK_UA_APP_ID`` or ``sdk_ua_app_id``),
     kept as botocore's own string would (``app/<id>``); the override would otherwise drop it.

@@ -115,7 +115,7 @@ class Ledger:
         With a spool they are kept there as dead letters, unless ``in_spool`` is false (they
         never reached it).
         """
-        for count, same in _by_attempts(points, attempts):
+        for count, same in by_attempts(points, attempts):
             self.failed += self.reporter.report(same, code, message, count)
             if in_spool and self.listener is not None:
                 self.listener.failed(same, code, message, count)
@@ -155,7 +155,7 @@ class Ledger:
         if listener is None:
             self.record_failed(points, code, message, attempts)
             return
-        for count, same in _by_attempts(points, attempts):
+        for count, same in by_attempts(points, attempts):
             self.leave_on_disk(len(same))
             self.reporter.warnings.warn(
                 "deferred:" + code,
@@ -262,7 +262,7 @@ class Ledger:
         )
 
 
-def _by_attempts(points: list[Point], attempts: int | list[int]) -> Iterable[tuple[int, list[Point]]]:
+def by_attempts(points: list[Point], attempts: int | list[int]) -> Iterable[tuple[int, list[Point]]]:
     """Groups points by their attempt count (one count for all, or one per point)."""
     if not isinstance(attempts, list):
         if points:

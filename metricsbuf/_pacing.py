@@ -10,7 +10,8 @@ class StepPacer:
     """Lets at most one heavy step start per event-loop iteration.
 
     A heavy step is one stretch of CPU work of a send: building and serializing a request,
-    signing and handing it to aiohttp, or parsing its response (each ~0.3-0.6 ms). A training
+    signing and handing it to aiohttp, or parsing its response (each a fraction of a millisecond
+    on the benchmark machine; see benchmarks/RESULTS.md). A training
     loop that awaits a timer waits for whole iterations, so several such steps in one iteration
     (several responses arriving together, or a send starting beside them) add up to a stall of
     milliseconds. Waiters run one per iteration, in arrival order.

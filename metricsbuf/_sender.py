@@ -28,7 +28,7 @@ from tenacity.wait import wait_exponential_jitter
 from ._accumulator import Accumulator, Batch
 from ._buffer import LOGGED_AT, NAME, STEP, TIMESTAMP, VALUE, Point
 from ._client import MetricsClient
-from ._ledger import Ledger
+from ._ledger import Ledger, by_attempts
 from ._models import DELIVERY_TIMEOUT
 from ._options import LoggerOptions
 from ._pacing import StepPacer
@@ -163,8 +163,7 @@ class Sender:
 
     def _give_up(self, batch: Batch, failure: _Resend) -> None:
         """The batch's whole-request failures outlasted its budget."""
-        for attempts in sorted(set(batch.attempts)):
-            points = [p for p, a in zip(batch.points, batch.attempts, strict=True) if a == attempts]
+        for attempts, points in by_attempts(batch.points, batch.attempts):
             self._ledger.give_up(
                 points, failure.code, f"gave up after {attempts} attempts: {failure.message}", attempts
             )
