@@ -36,7 +36,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from ._exceptions import InvalidMetricError
+from .._exceptions import InvalidMetricError
 
 __all__ = [
     "COUNT_KEYS",
@@ -926,7 +926,7 @@ class FakeMetricsServiceProcess:
             raise RuntimeError("FakeMetricsServiceProcess is already running")
         env = dict(os.environ)
         # Make this copy of metricsbuf importable in the child even when it is not installed.
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
         proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self._proc = proc

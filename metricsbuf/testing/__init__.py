@@ -134,7 +134,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._fake_service import (
+from ._server import (
     COUNT_KEYS,
     FakeMetricsService,
     FakeMetricsServiceProcess,
@@ -144,7 +144,7 @@ from ._fake_service import (
 )
 
 if TYPE_CHECKING:
-    from .pytest_plugin import fake_metrics_service as fake_metrics_service
+    from ..pytest_plugin import fake_metrics_service as fake_metrics_service
 
 __all__ = [
     "COUNT_KEYS",
@@ -161,11 +161,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # The pytest fixture, imported (with pytest) only when asked for.
     if name == "fake_metrics_service":
-        from .pytest_plugin import fake_metrics_service
+        from ..pytest_plugin import fake_metrics_service
 
         return fake_metrics_service
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
