@@ -134,14 +134,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._server import (
-    COUNT_KEYS,
-    FakeMetricsService,
-    FakeMetricsServiceProcess,
-    ServiceState,
-    StoredPoint,
-    main,
-)
+from ._process import FakeMetricsServiceProcess, main
+from ._records import ServiceState, StoredPoint
+from ._rules import COUNT_KEYS
+from ._server import FakeMetricsService
 
 if TYPE_CHECKING:
     from ..pytest_plugin import fake_metrics_service as fake_metrics_service
