@@ -34,18 +34,29 @@ class StoredPoint:
         return datetime.fromtimestamp(self.timestamp, tz=timezone.utc)
 
 
-def _duplicates(points: Iterable[StoredPoint]) -> dict[StoredPoint, int]:
-    return {point: n for point, n in Counter(points).items() if n > 1}
+class PointQueries:
+    """The questions a test asks of stored points, for every holder of a ``points`` list."""
 
+    __slots__ = ()
+    points: list[StoredPoint]
 
-def _series(points: Iterable[StoredPoint], trial_component: str, name: str) -> list[StoredPoint]:
-    found = [p for p in points if p.trial_component == trial_component and p.name == name]
-    found.sort(key=lambda p: (-1 if p.step is None else p.step, p.timestamp))
-    return found
+    def stored_keys(self) -> Counter[StoredPoint]:
+        """How many times each distinct point was stored (more than 1 means a duplicate)."""
+        return Counter(self.points)
+
+    def duplicates(self) -> dict[StoredPoint, int]:
+        """The points stored more than once, with how many times each was stored."""
+        return {point: n for point, n in self.stored_keys().items() if n > 1}
+
+    def series(self, trial_component: str, name: str) -> list[StoredPoint]:
+        """One metric's stored points, ordered by step (None first), then timestamp."""
+        found = [p for p in self.points if p.trial_component == trial_component and p.name == name]
+        found.sort(key=lambda p: (-1 if p.step is None else p.step, p.timestamp))
+        return found
 
 
 @dataclass(frozen=True, slots=True)
-class ServiceState:
+class ServiceState(PointQueries):
     """A snapshot of what a fake service recorded (see `FakeMetricsServiceProcess.state`).
 
     Attributes:
@@ -55,19 +66,6 @@ class ServiceState:
 
     counts: Counter[str]
     points: list[StoredPoint]
-
-    def stored_keys(self) -> Counter[StoredPoint]:
-        """How many times each distinct point was stored (more than 1 means a duplicate)."""
-        return Counter(self.points)
-
-    def duplicates(self) -> dict[StoredPoint, int]:
-        """The points stored more than once, with how many times each was stored."""
-        return _duplicates(self.points)
-
-    def series(self, trial_component: str, name: str) -> list[StoredPoint]:
-        """One metric's stored points, ordered by step (None first), then timestamp."""
-        return _series(self.points, trial_component, name)
-
 
 
 def _points_to_json(points: Iterable[StoredPoint]) -> list[list[Any]]:

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from .._exceptions import InvalidMetricError
 from ._knobs import _KNOBS, _check_knob
-from ._records import ServiceState, StoredPoint, _duplicates, _points_to_json, _series
+from ._records import PointQueries, ServiceState, StoredPoint, _points_to_json
 from ._rules import (
     CONFLICT_ERROR,
     INTERNAL_ERROR,
@@ -64,7 +64,7 @@ def _drop_connection(request: web.BaseRequest, *, rst: bool) -> web.Response:
 _EMPTY_SUCCESS: Final = b'{"Errors":[]}'
 
 
-class FakeMetricsService:
+class FakeMetricsService(PointQueries):
     """A local SageMaker Metrics ``BatchPutMetrics`` endpoint that injects faults on demand.
 
     Use as ``async with FakeMetricsService(...) as svc:`` and point a ``sagemaker-metrics``
@@ -236,18 +236,6 @@ class FakeMetricsService:
         self.points.clear()
         self.counts.clear()
         self._names.clear()
-
-    def stored_keys(self) -> Counter[StoredPoint]:
-        """How many times each distinct point was stored (more than 1 means a duplicate)."""
-        return Counter(self.points)
-
-    def duplicates(self) -> dict[StoredPoint, int]:
-        """The points stored more than once, with how many times each was stored."""
-        return _duplicates(self.points)
-
-    def series(self, trial_component: str, name: str) -> list[StoredPoint]:
-        """One metric's stored points, ordered by step (None first), then timestamp."""
-        return _series(self.points, trial_component, name)
 
     def client_kwargs(self, region_name: str = "us-east-1") -> dict[str, Any]:
         """Keyword arguments for ``session.create_client("sagemaker-metrics", **svc.client_kwargs())``.
