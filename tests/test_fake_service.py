@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from metricsbuf.testing import (
     StoredPoint,
     main,
 )
+from metricsbuf.testing._knobs import KNOBS
 
 # How users enable the fixture (in their conftest.py); pytester runs a conftest that does so.
 pytest_plugins = ["metricsbuf.pytest_plugin", "pytester"]
@@ -486,6 +488,15 @@ def test_options_are_validated_up_front() -> None:
     assert svc.internal_error_rate == 0.0  # nothing applied
     with pytest.raises(RuntimeError, match="not running"):
         _ = svc.endpoint_url
+
+
+@pytest.mark.parametrize("cls", [FakeMetricsService, FakeMetricsServiceProcess])
+def test_each_explicit_signature_lists_every_option_with_its_default(cls: type) -> None:
+    parameters = inspect.signature(cls).parameters
+    for name, knob in KNOBS.items():
+        assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert parameters[name].default == knob.default, name
+    assert cls.__doc__ is not None and all(f"{name} (default" in cls.__doc__ for name in KNOBS)
 
 
 async def test_control_endpoints(svc: FakeMetricsService) -> None:

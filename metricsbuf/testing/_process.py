@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from .._exceptions import InvalidMetricError
-from ._knobs import _KNOBS, _RATE_KNOBS, _check_knob
+from ._knobs import add_knob_arguments, check_knobs, knob_arguments, knob_argv, knobs_to_json, with_knob_docs
 from ._records import ServiceState, _points_from_json
 from ._server import FakeMetricsService, _client_kwargs, _environ
 
@@ -36,18 +36,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port; 0 (default) picks a free one")
-    parser.add_argument("--seed", type=int, default=0)
-    for knob in _RATE_KNOBS:
-        parser.add_argument(f"--{knob.replace('_', '-')}", type=float, default=0.0, metavar="RATE")
-    parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS")
-    parser.add_argument("--metric-limit", type=int, default=None, metavar="N")
-    parser.add_argument(
-        "--known-trial-component",
-        action="append",
-        dest="known_trial_components",
-        metavar="NAME",
-        help="repeat to accept several; when given, any other trial component gets ResourceNotFound",
-    )
+    add_knob_arguments(parser)
     parser.add_argument(
         "--exit-on-stdin-eof",
         action="store_true",
@@ -84,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
-        service = FakeMetricsService(
-            host=args.host, port=args.port, **{name: getattr(args, name) for name in _KNOBS}
-        )
+        service = FakeMetricsService(host=args.host, port=args.port, **knob_arguments(vars(args)))
     except InvalidMetricError as exc:
         parser.error(str(exc))
     try:
@@ -97,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 
+@with_knob_docs
 class FakeMetricsServiceProcess:
     """A `FakeMetricsService` in a child process (``python -m metricsbuf.testing``).
 
@@ -107,8 +95,10 @@ class FakeMetricsServiceProcess:
     and `clear`, or their ``*_async`` variants from async code.
 
     Args:
+        host, port: where the child listens; port 0 picks a free ephemeral port.
         startup_timeout: seconds to wait for the child to print its endpoint URL.
         python: the interpreter to run (default: this one).
+        (the options): see below.
     """
 
     def __init__(
@@ -129,38 +119,11 @@ class FakeMetricsServiceProcess:
         startup_timeout: float = 10.0,
         python: str = sys.executable,
     ) -> None:
-        knobs: dict[str, Any] = {
-            "seed": seed,
-            "internal_error_rate": internal_error_rate,
-            "conflict_error_rate": conflict_error_rate,
-            "throttle_rate": throttle_rate,
-            "server_error_rate": server_error_rate,
-            "reset_rate": reset_rate,
-            "ambiguous_reset_rate": ambiguous_reset_rate,
-            "latency": latency,
-            "metric_limit": metric_limit,
-            "known_trial_components": known_trial_components,
-        }
-        for name, value in knobs.items():  # fail here, not in the child
-            knobs[name] = _check_knob(name, value)
-        argv = [
-            python,
-            "-m",
-            "metricsbuf.testing",
-            "--exit-on-stdin-eof",
-            "--host",
-            host,
-            "--port",
-            str(port),
-        ]
-        for name, value in knobs.items():
-            flag = "--" + name.replace("_", "-")
-            if name == "known_trial_components":
-                for tc in sorted(value or ()):
-                    argv += ["--known-trial-component", tc]
-            elif value is not None:
-                argv += [flag, repr(value)]
-        self.argv = argv
+        # locals() holds exactly the arguments here; the options among them are checked now,
+        # so that a bad one fails here rather than in the child.
+        knobs = knob_arguments(locals())
+        self.argv = [python, "-m", "metricsbuf.testing", "--exit-on-stdin-eof", "--host", host]
+        self.argv += ["--port", str(port), *knob_argv(knobs)]
         self.startup_timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._endpoint_url: str | None = None
@@ -273,11 +236,7 @@ class FakeMetricsServiceProcess:
 
     def configure(self, **knobs: Any) -> dict[str, Any]:
         """Change options in the child (``POST /_fake/config``); returns the resulting options."""
-        if "known_trial_components" in knobs and knobs["known_trial_components"] is not None:
-            knobs["known_trial_components"] = sorted(
-                _check_knob("known_trial_components", knobs["known_trial_components"])
-            )
-        result: dict[str, Any] = self._call("POST", "/_fake/config", knobs)
+        result: dict[str, Any] = self._call("POST", "/_fake/config", knobs_to_json(check_knobs(knobs)))
         return result
 
     def config(self) -> dict[str, Any]:

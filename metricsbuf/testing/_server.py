@@ -15,7 +15,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from .._exceptions import InvalidMetricError
-from ._knobs import _KNOBS, _check_knob
+from ._knobs import ServiceKnobs, with_knob_docs
 from ._records import PointQueries, ServiceState, StoredPoint, _points_to_json
 from ._rules import (
     CONFLICT_ERROR,
@@ -64,49 +64,24 @@ def _drop_connection(request: web.BaseRequest, *, rst: bool) -> web.Response:
 _EMPTY_SUCCESS: Final = b'{"Errors":[]}'
 
 
-class FakeMetricsService(PointQueries):
+@with_knob_docs
+class FakeMetricsService(ServiceKnobs, PointQueries):
     """A local SageMaker Metrics ``BatchPutMetrics`` endpoint that injects faults on demand.
 
     Use as ``async with FakeMetricsService(...) as svc:`` and point a ``sagemaker-metrics``
-    client at ``svc.endpoint_url``. Every option below is also an attribute that can be
-    changed while the service runs (validated on assignment), or several at once with
+    client at ``svc.endpoint_url``. Every option (listed below) is also an attribute that can
+    be changed while the service runs (validated on assignment), or several at once with
     `configure`. See the `metricsbuf.testing` docstring for the rules applied, the order in
     which faults are drawn and the ``/_fake/...`` control endpoints.
 
     Args:
-        seed: seeds the `random.Random` all faults are drawn from: the same seed and the same
-            sequence of requests give the same faults. Assigning ``svc.seed`` reseeds.
-        internal_error_rate: chance that a valid item gets ``INTERNAL_ERROR`` (not stored).
-        conflict_error_rate: chance that a valid item gets ``CONFLICT_ERROR`` (not stored).
-        throttle_rate: chance that a request gets HTTP 400 ``ThrottlingException``.
-        server_error_rate: chance that a request gets HTTP 500 ``InternalFailure`` (first half
-            of the range) or HTTP 503 ``ServiceUnavailable`` (second half).
-        reset_rate: chance that the connection is dropped before the request is processed
-            (first half of the range: a TCP RST; second half: a plain close).
-        ambiguous_reset_rate: chance that a request's points are stored and the connection is
-            then dropped without a response (RST or close, split the same way).
-        latency: seconds to wait (``asyncio.sleep``) before answering each request.
-        metric_limit: distinct metric names a trial component may hold; a new name beyond
-            that gets ``METRIC_LIMIT_EXCEEDED``. None: no limit.
-        known_trial_components: if set, a request for any other trial component gets HTTP 400
-            ``ResourceNotFound``. None: every name is accepted.
         host, port: where to listen; port 0 picks a free ephemeral port.
+        (the options): see below.
 
     Attributes:
         points: every stored point, in storage order (a plain list; tests may clear it).
         counts: a `collections.Counter` of the events in `COUNT_KEYS`.
     """
-
-    seed: int
-    internal_error_rate: float
-    conflict_error_rate: float
-    throttle_rate: float
-    server_error_rate: float
-    reset_rate: float
-    ambiguous_reset_rate: float
-    latency: float
-    metric_limit: int | None
-    known_trial_components: Collection[str] | None  # stored as a frozenset
 
     def __init__(
         self,
@@ -124,17 +99,9 @@ class FakeMetricsService(PointQueries):
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        self._rng = random.Random()
-        self.seed = seed
-        self.internal_error_rate = internal_error_rate
-        self.conflict_error_rate = conflict_error_rate
-        self.throttle_rate = throttle_rate
-        self.server_error_rate = server_error_rate
-        self.reset_rate = reset_rate
-        self.ambiguous_reset_rate = ambiguous_reset_rate
-        self.latency = latency
-        self.metric_limit = metric_limit
-        self.known_trial_components = known_trial_components
+        self._rng = random.Random()  # before the options: setting `seed` seeds it
+        # locals() holds exactly the arguments here; the options among them are set by name.
+        self._set_knobs(locals())
         self.host = host
         self.port = port
         self.points: list[StoredPoint] = []
@@ -146,13 +113,9 @@ class FakeMetricsService(PointQueries):
         self._runner: web.AppRunner | None = None
         self._endpoint_url: str | None = None
 
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in _KNOBS:
-            checked = _check_knob(name, value)
-            if name == "seed":
-                self._rng.seed(checked)
-            value = checked
-        object.__setattr__(self, name, value)
+    def _knob_changed(self, name: str) -> None:
+        if name == "seed":
+            self._rng.seed(self.seed)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -212,20 +175,6 @@ class FakeMetricsService(PointQueries):
         await self.stop()
 
     # ----------------------------------------------------------------- helpers for tests
-
-    def configure(self, **knobs: Any) -> dict[str, Any]:
-        """Change several options at once (all are validated before any is applied); return `config()`."""
-        checked = {name: _check_knob(name, value) for name, value in knobs.items()}
-        for name, value in checked.items():
-            setattr(self, name, value)
-        return self.config()
-
-    def config(self) -> dict[str, Any]:
-        """The current options, as plain JSON-friendly values."""
-        out: dict[str, Any] = {name: getattr(self, name) for name in _KNOBS}
-        if out["known_trial_components"] is not None:
-            out["known_trial_components"] = sorted(out["known_trial_components"])
-        return out
 
     def state(self) -> ServiceState:
         """A snapshot (copies) of the counts and stored points."""
