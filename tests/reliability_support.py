@@ -130,7 +130,7 @@ def _item_keys(body: bytes) -> tuple[Key, ...]:
 class RecordingService(FakeMetricsService):
     """A FakeMetricsService that keeps a `RequestRecord` of every request in ``records``.
 
-    It wraps the service's private ``_process``, which handles one request without awaiting
+    It wraps the service's private ``_decide``, which decides one request without awaiting
     (draws, storage and the answer are atomic with respect to other requests), so comparing
     the counters and ``points`` before and after it tells exactly what that request did.
     """
@@ -139,20 +139,20 @@ class RecordingService(FakeMetricsService):
         super().__init__(**options)
         self.records: list[RequestRecord] = []
 
-    def _process(self, request: Any, body: bytes) -> Any:
+    def _decide(self, body: bytes) -> Any:
         counts = self.counts
         before = [counts[k] for k in REQUEST_OUTCOMES]
         first_new = len(self.points)
-        response = super()._process(request, body)
+        decision = super()._decide(body)
         changed = [k for k, n in zip(REQUEST_OUTCOMES, before, strict=True) if counts[k] != n]
         assert len(changed) == 1, changed
         outcome = changed[0]
         errors: dict[int, str] = {}
         if outcome == "ok":
-            for error in json.loads(response.body)["Errors"]:
+            for error in decision.errors:
                 errors[error["MetricIndex"]] = error["Code"]
         self.records.append(RequestRecord(outcome, _item_keys(body), errors, tuple(self.points[first_new:])))
-        return response
+        return decision
 
     def stored_by_outcome(self, outcome: str) -> Counter[Key]:
         """How many times each key was stored by requests that ended with ``outcome``."""

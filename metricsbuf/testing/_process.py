@@ -20,8 +20,8 @@ from typing import Any
 
 from .._exceptions import InvalidMetricError
 from ._knobs import add_knob_arguments, check_knobs, knob_arguments, knob_argv, knobs_to_json, with_knob_docs
-from ._records import ServiceState, _points_from_json
-from ._server import FakeMetricsService, _client_kwargs, _environ
+from ._records import ServiceState, points_from_json
+from ._server import FakeMetricsService, client_kwargs_for, environ_for
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -232,7 +232,7 @@ class FakeMetricsServiceProcess:
     def state(self, *, points: bool = True) -> ServiceState:
         """Fetch the counts and (unless ``points=False``) the stored points (``GET /_fake/state``)."""
         raw = self._call("GET", "/_fake/state" + ("" if points else "?points=0"))
-        return ServiceState(counts=Counter(raw["counts"]), points=_points_from_json(raw.get("points", ())))
+        return ServiceState(counts=Counter(raw["counts"]), points=points_from_json(raw.get("points", ())))
 
     def configure(self, **knobs: Any) -> dict[str, Any]:
         """Change options in the child (``POST /_fake/config``); returns the resulting options."""
@@ -250,11 +250,11 @@ class FakeMetricsServiceProcess:
 
     def environ(self, region_name: str = "us-east-1") -> dict[str, str]:
         """Environment variables that send any botocore ``sagemaker-metrics`` client to the child."""
-        return _environ(self.endpoint_url, region_name)
+        return environ_for(self.endpoint_url, region_name)
 
     def client_kwargs(self, region_name: str = "us-east-1") -> dict[str, Any]:
         """Keyword arguments for ``session.create_client("sagemaker-metrics", **proc.client_kwargs())``."""
-        return _client_kwargs(self.endpoint_url, region_name)
+        return client_kwargs_for(self.endpoint_url, region_name)
 
     async def state_async(self, *, points: bool = True) -> ServiceState:
         """`state`, run in a thread."""

@@ -68,9 +68,9 @@ class ServiceState(PointQueries):
     points: list[StoredPoint]
 
 
-def _points_to_json(points: Iterable[StoredPoint]) -> list[list[Any]]:
+def points_to_json(points: Iterable[StoredPoint]) -> list[list[Any]]:
     return [[p.trial_component, p.name, p.step, p.value, p.timestamp] for p in points]
 
 
-def _points_from_json(rows: Iterable[list[Any]]) -> list[StoredPoint]:
+def points_from_json(rows: Iterable[list[Any]]) -> list[StoredPoint]:
     return [StoredPoint(tc, name, step, float(value), float(ts)) for tc, name, step, value, ts in rows]

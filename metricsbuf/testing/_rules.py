@@ -56,7 +56,7 @@ COUNT_KEYS: Final[Mapping[str, str]] = {
 
 
 
-class _RequestError(Exception):
+class RequestError(Exception):
     """A whole-request error answer."""
 
     def __init__(self, status: int, code: str, message: str, count_key: str) -> None:
@@ -67,12 +67,12 @@ class _RequestError(Exception):
         self.count_key = count_key
 
 
-def _invalid(message: str) -> _RequestError:
-    return _RequestError(400, "ValidationException", message, "invalid_request")
+def _invalid(message: str) -> RequestError:
+    return RequestError(400, "ValidationException", message, "invalid_request")
 
 
-def _malformed(message: str) -> _RequestError:
-    return _RequestError(400, "SerializationException", message, "invalid_request")
+def _malformed(message: str) -> RequestError:
+    return RequestError(400, "SerializationException", message, "invalid_request")
 
 
 
@@ -80,7 +80,7 @@ def parse_request(body: bytes) -> tuple[str, list[tuple[str, int | None, float, 
     """Check the request as a whole; return the trial component and each item parsed.
 
     An item is None when it breaks a per-index rule (VALIDATION_ERROR). A structural
-    problem (bad JSON, a wrong JSON type, a missing member) raises _RequestError.
+    problem (bad JSON, a wrong JSON type, a missing member) raises RequestError.
     """
     try:
         payload = json.loads(body)
@@ -126,7 +126,7 @@ _NUMBER_TYPES: Final = (int, float)
 def _parse_item(
     index: int, item: object, earliest: float, latest: float
 ) -> tuple[str, int | None, float, float] | None:
-    """Parse one MetricData item: the stored fields, None for VALIDATION_ERROR, or _RequestError."""
+    """Parse one MetricData item: the stored fields, None for VALIDATION_ERROR, or RequestError."""
     if type(item) is not dict:
         raise _malformed(f"MetricData[{index}] must be an object")
     name = item.get("MetricName")

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
 import socket
 import struct
-from collections import Counter
 from collections.abc import Collection
 from types import TracebackType
 from typing import Any, Final
@@ -15,16 +12,9 @@ from typing import Any, Final
 from aiohttp import web
 
 from .._exceptions import InvalidMetricError
-from ._knobs import ServiceKnobs, with_knob_docs
-from ._records import PointQueries, ServiceState, StoredPoint, _points_to_json
-from ._rules import (
-    CONFLICT_ERROR,
-    INTERNAL_ERROR,
-    METRIC_LIMIT_EXCEEDED,
-    VALIDATION_ERROR,
-    _RequestError,
-    parse_request,
-)
+from ._knobs import with_knob_docs
+from ._model import Answered, Outcome, Refusal, ServiceModel
+from ._records import points_to_json
 
 
 def _error_response(status: int, code: str, message: str, request_id: str) -> web.Response:
@@ -65,7 +55,7 @@ _EMPTY_SUCCESS: Final = b'{"Errors":[]}'
 
 
 @with_knob_docs
-class FakeMetricsService(ServiceKnobs, PointQueries):
+class FakeMetricsService(ServiceModel):
     """A local SageMaker Metrics ``BatchPutMetrics`` endpoint that injects faults on demand.
 
     Use as ``async with FakeMetricsService(...) as svc:`` and point a ``sagemaker-metrics``
@@ -99,23 +89,12 @@ class FakeMetricsService(ServiceKnobs, PointQueries):
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        self._rng = random.Random()  # before the options: setting `seed` seeds it
-        # locals() holds exactly the arguments here; the options among them are set by name.
-        self._set_knobs(locals())
+        # locals() holds exactly the arguments here; the model takes the options among them.
+        super().__init__(locals())
         self.host = host
         self.port = port
-        self.points: list[StoredPoint] = []
-        self.counts: Counter[str] = Counter()
-        self._names: dict[str, set[str]] = {}
-        self._in_flight = 0
-        self._request_ids = 0
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._runner: web.AppRunner | None = None
         self._endpoint_url: str | None = None
-
-    def _knob_changed(self, name: str) -> None:
-        if name == "seed":
-            self._rng.seed(self.seed)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -157,10 +136,7 @@ class FakeMetricsService(ServiceKnobs, PointQueries):
         self._endpoint_url = None
         if runner is not None:
             await runner.cleanup()
-        for _, waiter in self._waiters:
-            if not waiter.done():
-                waiter.cancel()
-        self._waiters.clear()
+        self._cancel_waiters()
 
     async def __aenter__(self) -> FakeMetricsService:
         await self.start()
@@ -176,23 +152,13 @@ class FakeMetricsService(ServiceKnobs, PointQueries):
 
     # ----------------------------------------------------------------- helpers for tests
 
-    def state(self) -> ServiceState:
-        """A snapshot (copies) of the counts and stored points."""
-        return ServiceState(counts=Counter(self.counts), points=list(self.points))
-
-    def clear(self) -> None:
-        """Forget every stored point, count and known metric name (options are kept)."""
-        self.points.clear()
-        self.counts.clear()
-        self._names.clear()
-
     def client_kwargs(self, region_name: str = "us-east-1") -> dict[str, Any]:
         """Keyword arguments for ``session.create_client("sagemaker-metrics", **svc.client_kwargs())``.
 
         Includes ``verify=False``: the endpoint is plain http, and it spares aiobotocore from
         loading the CA bundle (tens of milliseconds) before a client's first request.
         """
-        return _client_kwargs(self.endpoint_url, region_name)
+        return client_kwargs_for(self.endpoint_url, region_name)
 
     def environ(self, region_name: str = "us-east-1") -> dict[str, str]:
         """Environment variables that send any botocore ``sagemaker-metrics`` client here.
@@ -200,38 +166,14 @@ class FakeMetricsService(ServiceKnobs, PointQueries):
         For code under test that builds its own client (or runs in a subprocess):
         ``AWS_ENDPOINT_URL_SAGEMAKER_METRICS`` plus fake credentials and a region.
         """
-        return _environ(self.endpoint_url, region_name)
-
-    async def wait_stored(self, n: int, *, timeout: float = 5.0) -> None:
-        """Wait until at least ``n`` points are stored (`counts["stored"]`), or raise TimeoutError."""
-        if self.counts["stored"] >= n:
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (n, waiter)
-        self._waiters.append(entry)
-        try:
-            await asyncio.wait_for(waiter, timeout)
-        finally:
-            if entry in self._waiters:
-                self._waiters.remove(entry)
-
-    def _wake(self) -> None:
-        stored = self.counts["stored"]
-        keep: list[tuple[int, asyncio.Future[None]]] = []
-        for n, waiter in self._waiters:
-            if stored >= n:
-                if not waiter.done():
-                    waiter.set_result(None)
-            else:
-                keep.append((n, waiter))
-        self._waiters = keep
+        return environ_for(self.endpoint_url, region_name)
 
     # ----------------------------------------------------------------- control endpoints
 
     async def _handle_state(self, request: web.Request) -> web.Response:
         body: dict[str, Any] = {"counts": dict(self.counts)}
         if request.query.get("points", "1") not in ("0", "false", "no"):
-            body["points"] = _points_to_json(self.points)
+            body["points"] = points_to_json(self.points)
         return web.json_response(body)
 
     async def _handle_get_config(self, request: web.Request) -> web.Response:
@@ -251,113 +193,30 @@ class FakeMetricsService(ServiceKnobs, PointQueries):
     # ----------------------------------------------------------------- BatchPutMetrics
 
     async def _handle_put(self, request: web.Request) -> web.StreamResponse:
-        counts = self.counts
-        counts["requests"] += 1
-        self._in_flight += 1
-        if self._in_flight > counts["max_in_flight"]:
-            counts["max_in_flight"] = self._in_flight
+        self._request_started()
         try:
             body = await request.read()
-            if self.latency > 0:
-                await asyncio.sleep(self.latency)
-            # Everything from here on runs without awaiting: each request's draws and
-            # storage are atomic with respect to the others.
-            return self._process(request, body)
+            await self._wait_latency()
+            return self._respond(request, self._decide(body))
         finally:
-            self._in_flight -= 1
+            self._request_finished()
 
-    def _process(self, request: web.BaseRequest, body: bytes) -> web.StreamResponse:
-        counts = self.counts
-        rng = self._rng
-        self._request_ids += 1
-        request_id = f"fake-{self._request_ids:012d}"
-
-        # 1. Whole-request faults: one draw per request, always made.
-        u = rng.random()
-        edge = self.throttle_rate
-        if u < edge:
-            counts["throttled"] += 1
-            return _error_response(400, "ThrottlingException", "Rate exceeded", request_id)
-        half = self.server_error_rate / 2
-        if u < edge + half:
-            counts["server_error"] += 1
-            counts["server_error_500"] += 1
-            return _error_response(500, "InternalFailure", "Injected internal failure", request_id)
-        edge += self.server_error_rate
-        if u < edge:
-            counts["server_error"] += 1
-            counts["server_error_503"] += 1
-            return _error_response(503, "ServiceUnavailable", "Injected unavailability", request_id)
-        if u < edge + self.reset_rate:
-            counts["reset"] += 1
-            return _drop_connection(request, rst=u < edge + self.reset_rate / 2)
-        edge += self.reset_rate
-        ambiguous = u < edge + self.ambiguous_reset_rate
-        ambiguous_rst = u < edge + self.ambiguous_reset_rate / 2
-
-        # 2. Request validation, 3. the trial component.
-        try:
-            trial_component, items = parse_request(body)
-        except _RequestError as err:
-            counts[err.count_key] += 1
-            return _error_response(err.status, err.code, err.message, request_id)
-        known = self.known_trial_components
-        if known is not None and trial_component not in known:
-            counts["resource_not_found"] += 1
-            return _error_response(
-                400, "ResourceNotFound", f"Trial component {trial_component!r} does not exist", request_id
+    @staticmethod
+    def _respond(request: web.BaseRequest, outcome: Outcome) -> web.StreamResponse:
+        if isinstance(outcome, Answered):
+            errors = outcome.errors
+            return web.Response(
+                body=json.dumps({"Errors": errors}).encode() if errors else _EMPTY_SUCCESS,
+                content_type="application/json",
+                headers={"x-amzn-RequestId": outcome.request_id},
             )
-
-        # 4. Per-index outcomes: one draw per item, always made.
-        n_items = len(items)
-        counts["items"] += n_items
-        if n_items > counts["max_items_in_request"]:
-            counts["max_items_in_request"] = n_items
-        names = self._names.get(trial_component)
-        if names is None:
-            names = self._names[trial_component] = set()
-        limit = self.metric_limit
-        internal_edge = self.internal_error_rate
-        conflict_edge = internal_edge + self.conflict_error_rate
-        errors: list[dict[str, Any]] = []
-        stored = 0
-        points = self.points
-        for index, item in enumerate(items):
-            v = rng.random()
-            if item is None:
-                code = VALIDATION_ERROR
-            elif limit is not None and item[0] not in names and len(names) >= limit:
-                code = METRIC_LIMIT_EXCEEDED
-            elif v < internal_edge:
-                code = INTERNAL_ERROR
-            elif v < conflict_edge:
-                code = CONFLICT_ERROR
-            else:
-                name, step, value, timestamp = item
-                points.append(StoredPoint(trial_component, name, step, value, timestamp))
-                names.add(name)
-                stored += 1
-                continue
-            counts[code] += 1
-            errors.append({"Code": code, "MetricIndex": index})
-        if stored:
-            counts["stored"] += stored
-            if self._waiters:
-                self._wake()
-
-        # 5. The answer, or an ambiguous reset.
-        if ambiguous:
-            counts["ambiguous_reset"] += 1
-            return _drop_connection(request, rst=ambiguous_rst)
-        counts["ok"] += 1
-        return web.Response(
-            body=json.dumps({"Errors": errors}).encode() if errors else _EMPTY_SUCCESS,
-            content_type="application/json",
-            headers={"x-amzn-RequestId": request_id},
-        )
+        if isinstance(outcome, Refusal):
+            return _error_response(outcome.status, outcome.code, outcome.message, outcome.request_id)
+        return _drop_connection(request, rst=outcome.rst)
 
 
-def _client_kwargs(endpoint_url: str, region_name: str) -> dict[str, Any]:
+def client_kwargs_for(endpoint_url: str, region_name: str) -> dict[str, Any]:
+    """Keyword arguments that point an aiobotocore client at ``endpoint_url``, with fake credentials."""
     return {
         "region_name": region_name,
         "endpoint_url": endpoint_url,
@@ -367,7 +226,8 @@ def _client_kwargs(endpoint_url: str, region_name: str) -> dict[str, Any]:
     }
 
 
-def _environ(endpoint_url: str, region_name: str) -> dict[str, str]:
+def environ_for(endpoint_url: str, region_name: str) -> dict[str, str]:
+    """Environment variables that point any botocore client at ``endpoint_url``, with fake credentials."""
     return {
         "AWS_ENDPOINT_URL_SAGEMAKER_METRICS": endpoint_url,
         "AWS_ACCESS_KEY_ID": "fake",
