@@ -28,22 +28,11 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from metricsbuf import FailedMetric, MetricsLogger
-from metricsbuf.testing import FakeMetricsService, StoredPoint
+from metricsbuf.testing import ITEM_OUTCOMES, REQUEST_OUTCOMES, FakeMetricsService, StoredPoint
 
 # (trial component, metric name, step, value): what identifies a point in these tests. Every
 # point a test logs has a distinct key; timestamps are compared separately where a test sets them.
 Key = tuple[str, str, "int | None", float]
-
-REQUEST_OUTCOMES = (
-    "ok",
-    "throttled",
-    "server_error",
-    "reset",
-    "ambiguous_reset",
-    "invalid_request",
-    "resource_not_found",
-)
-ITEM_OUTCOMES = ("stored", "VALIDATION_ERROR", "METRIC_LIMIT_EXCEEDED", "INTERNAL_ERROR", "CONFLICT_ERROR")
 
 # The mix of issue 3: 10% INTERNAL_ERROR and 10% CONFLICT_ERROR per item; per request 5%
 # throttling, 2% HTTP 5xx and 1% connection resets before anything is stored.

@@ -22,6 +22,8 @@ from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConn
 from metricsbuf import InvalidMetricError
 from metricsbuf.testing import (
     COUNT_KEYS,
+    ITEM_OUTCOMES,
+    REQUEST_OUTCOMES,
     FakeMetricsService,
     FakeMetricsServiceProcess,
     StoredPoint,
@@ -78,13 +80,6 @@ async def outcome(client: Any, data: list[dict[str, Any]], tc: str = TC) -> Any:
         return (exc.response["Error"]["Code"], exc.response["ResponseMetadata"]["HTTPStatusCode"])
     except (EndpointConnectionError, ConnectionClosedError) as exc:
         return type(exc).__name__
-
-
-REQUEST_OUTCOMES = (
-    *("ok", "throttled", "server_error", "reset", "ambiguous_reset"),
-    *("invalid_request", "resource_not_found"),
-)
-ITEM_OUTCOMES = ("stored", "VALIDATION_ERROR", "METRIC_LIMIT_EXCEEDED", "INTERNAL_ERROR", "CONFLICT_ERROR")
 
 
 def assert_counts_add_up(svc: FakeMetricsService) -> None:

@@ -194,13 +194,7 @@ class ServiceModel(ServiceKnobs, PointQueries):
             )
 
         # 4. Per-index outcomes: one draw per item, always made.
-        n_items = len(items)
-        counts["items"] += n_items
-        if n_items > counts["max_items_in_request"]:
-            counts["max_items_in_request"] = n_items
-        names = self._names.get(trial_component)
-        if names is None:
-            names = self._names[trial_component] = set()
+        names = self._items_reached(trial_component, len(items))
         limit = self.metric_limit
         internal_edge = self.internal_error_rate
         conflict_edge = internal_edge + self.conflict_error_rate
@@ -225,10 +219,7 @@ class ServiceModel(ServiceKnobs, PointQueries):
                 continue
             counts[code] += 1
             errors.append({"Code": code, "MetricIndex": index})
-        if stored:
-            counts["stored"] += stored
-            if self._waiters:
-                self._wake()
+        self._count_stored(stored)
 
         # 5. The answer, or an ambiguous reset.
         if ambiguous:
@@ -236,3 +227,47 @@ class ServiceModel(ServiceKnobs, PointQueries):
             return Dropped(rst=ambiguous_rst)
         counts["ok"] += 1
         return Answered(errors, request_id)
+
+    def _record_handled(self, body: bytes, answer: Mapping[str, Any]) -> None:
+        """Count a request that a handler answered with ``answer``; store the items it did not name.
+
+        No fault is drawn. Items the rules reject are not stored either, and a request they
+        reject as a whole stores nothing.
+        """
+        counts = self.counts
+        counts["handled"] += 1
+        errors = answer.get("Errors")
+        listed = errors if isinstance(errors, list) else ()
+        named = {error.get("MetricIndex") for error in listed if isinstance(error, Mapping)}
+        try:
+            trial_component, items = parse_request(body)
+        except RequestError:
+            return
+        names = self._items_reached(trial_component, len(items))
+        stored = 0
+        for index, item in enumerate(items):
+            if item is None or index in named:
+                counts["handled_not_stored"] += 1
+                continue
+            name, step, value, timestamp = item
+            self.points.append(StoredPoint(trial_component, name, step, value, timestamp))
+            names.add(name)
+            stored += 1
+        self._count_stored(stored)
+
+    def _items_reached(self, trial_component: str, n_items: int) -> set[str]:
+        """Count the items of a request that reached the per-index stage; return the names stored so far."""
+        counts = self.counts
+        counts["items"] += n_items
+        if n_items > counts["max_items_in_request"]:
+            counts["max_items_in_request"] = n_items
+        names = self._names.get(trial_component)
+        if names is None:
+            names = self._names[trial_component] = set()
+        return names
+
+    def _count_stored(self, stored: int) -> None:
+        if stored:
+            self.counts["stored"] += stored
+            if self._waiters:
+                self._wake()

@@ -28,13 +28,12 @@ METRIC_LIMIT_EXCEEDED: Final = "METRIC_LIMIT_EXCEEDED"
 INTERNAL_ERROR: Final = "INTERNAL_ERROR"
 CONFLICT_ERROR: Final = "CONFLICT_ERROR"
 
-#: Every key `FakeMetricsService.counts` may hold, with its meaning. Keys are absent (read 0
-#: from the Counter) until the event first happens. For the service as a whole:
-#: ``requests == ok + throttled + server_error + reset + ambiguous_reset + invalid_request
-#: + resource_not_found`` (once every request has been answered) and
-#: ``items == stored + VALIDATION_ERROR + METRIC_LIMIT_EXCEEDED + INTERNAL_ERROR + CONFLICT_ERROR``.
+#: Every key the services' ``counts`` may hold, with its meaning. Keys are absent (read 0 from
+#: the Counter) until the event first happens. The counts add up: see `REQUEST_OUTCOMES` and
+#: `ITEM_OUTCOMES`.
 COUNT_KEYS: Final[Mapping[str, str]] = {
-    "requests": "PUT /BatchPutMetrics requests received (each HTTP attempt, including aiohttp's own resends)",
+    "requests": "BatchPutMetrics requests received: each HTTP attempt, including aiohttp's own resends "
+    "(InMemoryMetricsClient: each call that passed the client-side checks)",
     "ok": "requests answered HTTP 200, with or without per-index Errors (the client may have left)",
     "items": "MetricData items that got a per-index outcome (in requests that reached the per-index stage)",
     "stored": "points stored (appended to `points`)",
@@ -50,10 +49,36 @@ COUNT_KEYS: Final[Mapping[str, str]] = {
     "ambiguous_reset": "connections dropped after the points were stored, without a response (injected)",
     "invalid_request": "requests answered HTTP 400 ValidationException or SerializationException",
     "resource_not_found": "requests answered HTTP 400 ResourceNotFound (`known_trial_components`)",
+    "handled": "InMemoryMetricsClient only: requests its `handler` answered (a response or an exception)",
+    "handled_not_stored": "InMemoryMetricsClient only: items of handled requests not stored (named in the "
+    "handler's Errors, or invalid)",
     "max_items_in_request": "the largest MetricData list seen in one request (a maximum, not a sum)",
     "max_in_flight": "the most BatchPutMetrics requests being handled at once (a maximum, not a sum)",
 }
 
+#: The `COUNT_KEYS` whose sum is ``counts["requests"]`` once every request has been answered:
+#: each request ends in exactly one of them.
+REQUEST_OUTCOMES: Final = (
+    "ok",
+    "throttled",
+    "server_error",
+    "reset",
+    "ambiguous_reset",
+    "invalid_request",
+    "resource_not_found",
+    "handled",
+)
+
+#: The `COUNT_KEYS` whose sum is ``counts["items"]``: each item that reaches the per-index stage
+#: ends in exactly one of them.
+ITEM_OUTCOMES: Final = (
+    "stored",
+    VALIDATION_ERROR,
+    METRIC_LIMIT_EXCEEDED,
+    INTERNAL_ERROR,
+    CONFLICT_ERROR,
+    "handled_not_stored",
+)
 
 
 class RequestError(Exception):
