@@ -26,6 +26,7 @@ from metricsbuf.testing import (
     REQUEST_OUTCOMES,
     FakeMetricsService,
     FakeMetricsServiceProcess,
+    InMemoryMetricsClient,
     StoredPoint,
     main,
 )
@@ -485,7 +486,7 @@ def test_options_are_validated_up_front() -> None:
         _ = svc.endpoint_url
 
 
-@pytest.mark.parametrize("cls", [FakeMetricsService, FakeMetricsServiceProcess])
+@pytest.mark.parametrize("cls", [FakeMetricsService, FakeMetricsServiceProcess, InMemoryMetricsClient])
 def test_each_explicit_signature_lists_every_option_with_its_default(cls: type) -> None:
     parameters = inspect.signature(cls).parameters
     for name, knob in KNOBS.items():

@@ -97,29 +97,36 @@ The order in which a request is handled and faults are drawn
 1. ``latency`` seconds of ``asyncio.sleep`` (after reading the body). `InMemoryMetricsClient`
    then asks its ``handler``, if any: a request the handler answers skips the steps below
    and makes no draw.
-2. One draw ``u = rng.random()``, always made, picks at most one whole-request fault from
+2. The rate limit, if ``rate_limit`` is set: a token bucket shared by every client of this
+   service (every process using one `FakeMetricsServiceProcess`, every caller of one
+   `InMemoryMetricsClient`), refilled at ``rate_limit`` tokens a second up to
+   ``rate_limit_burst``, and full at the start (and after `clear` or a change of either
+   option). A request that finds no whole token gets HTTP 400 ``ThrottlingException``,
+   as the random ``throttle_rate`` fault does, but is counted as ``rate_limited``; it makes
+   no draw.
+3. One draw ``u = rng.random()``, always made, picks at most one whole-request fault from
    consecutive ranges: ``[0, throttle_rate)`` HTTP 400 ``ThrottlingException``; then
    ``server_error_rate`` (its first half HTTP 500 ``InternalFailure``, its second half HTTP
    503 ``ServiceUnavailable``); then ``reset_rate`` (the connection is dropped, nothing
    stored: a TCP RST in the first half of the range, a plain close in the second); then
    ``ambiguous_reset_rate`` (decided now, RST or close split the same way, carried out in
-   step 5). If the rates add up to more than 1, the ones earlier in this list win.
-3. Whole-request validation (above), then ``known_trial_components``. A request rejected
-   here draws nothing more, and an ambiguous reset drawn in step 2 is not carried out.
-4. Per item, in index order, one draw ``v = rng.random()``, always made, then the first
+   step 6). If the rates add up to more than 1, the ones earlier in this list win.
+4. Whole-request validation (above), then ``known_trial_components``. A request rejected
+   here draws nothing more, and an ambiguous reset drawn in step 3 is not carried out.
+5. Per item, in index order, one draw ``v = rng.random()``, always made, then the first
    that applies: ``VALIDATION_ERROR`` (invalid item); ``METRIC_LIMIT_EXCEEDED`` (the trial
    component already holds ``metric_limit`` distinct names and this name is new);
    ``INTERNAL_ERROR`` if ``v < internal_error_rate``; ``CONFLICT_ERROR`` if
    ``v < internal_error_rate + conflict_error_rate``; otherwise the point is stored.
    An item with an error is never stored, and a name counts toward ``metric_limit`` only
    once one of its points is stored.
-5. If step 2 chose an ambiguous reset, the connection is reset now, after storing, without
+6. If step 3 chose an ambiguous reset, the connection is reset now, after storing, without
    a response; otherwise HTTP 200 ``{"Errors": [{"Code": ..., "MetricIndex": i}, ...]}``
    (``{"Errors": []}`` when every item was stored).
 
-Because each request consumes exactly ``1 + len(MetricData)`` draws when it passes step 3
-and 1 otherwise (0 if a handler answered it), the same seed and the same sequence of
-requests give the same faults whatever the rates. With concurrent requests the arrival
+Because each request consumes exactly ``1 + len(MetricData)`` draws when it passes step 4
+and 1 otherwise (0 if the rate limit or a handler answered it), the same seed and the same
+sequence of admitted requests give the same faults whatever the rates. With concurrent requests the arrival
 order (hence the draws each request gets) can vary between runs; send sequentially to
 replay exactly.
 

@@ -66,6 +66,23 @@ def _check_optional_count(name: str, value: object) -> int | None:
     return value
 
 
+def _check_optional_positive_number(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    number = _finite_number(name, value)
+    if number <= 0:
+        raise InvalidMetricError(f"{name} must be None or a number > 0, got {value!r}")
+    return number
+
+
+def _check_optional_positive_count(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidMetricError(f"{name} must be None or an int >= 1, got {value!r}")
+    return value
+
+
 def _check_optional_names(name: str, value: object) -> frozenset[str] | None:
     if value is None:
         return None
@@ -85,7 +102,7 @@ class Knob(Generic[T]):
     """One option of the fake service, as a validated attribute of a `ServiceKnobs` instance.
 
     Assigning the attribute checks the value (InvalidMetricError names the option), stores
-    what the check returns and tells the instance (`ServiceKnobs._knob_changed`).
+    what the check returns and tells the instance (`ServiceKnobs._knobs_changed`).
 
     Args:
         default: the value when none is given.
@@ -137,8 +154,7 @@ class Knob(Generic[T]):
         return value
 
     def __set__(self, instance: ServiceKnobs, value: T) -> None:
-        instance.__dict__[self.name] = self.check(self.name, value)
-        instance._knob_changed(self.name)
+        instance._apply_knobs({self.name: self.check(self.name, value)})
 
     def to_json(self, value: object) -> Any:
         """The checked ``value`` as plain JSON (a set of names as a sorted list)."""
@@ -242,14 +258,30 @@ class ServiceKnobs:
         flag="--known-trial-component",
         repeated=True,
     )
+    rate_limit = Knob(
+        None,
+        _check_optional_positive_number,
+        doc="requests per second the whole service admits: a token bucket shared by every client "
+        "of this service. A request over it gets HTTP 400 ThrottlingException, counted as "
+        "rate_limited (not throttled). None: no limit.",
+        metavar="PER_SECOND",
+        parse=float,
+    )
+    rate_limit_burst = Knob(
+        None,
+        _check_optional_positive_count,
+        doc="the bucket's size: how many requests the rate limit admits at once after a quiet "
+        "spell. None: one second's worth of rate_limit (at least 1).",
+        metavar="N",
+        parse=int,
+    )
 
-    def _knob_changed(self, name: str) -> None:
-        """Called after option ``name`` got a new value; services that derive state from it react."""
+    def _knobs_changed(self, names: Collection[str]) -> None:
+        """Called after the options ``names`` got new values; services deriving state from them react."""
 
     def configure(self, **knobs: Any) -> dict[str, Any]:
         """Change several options at once (all are validated before any is applied); return `config()`."""
-        for name, value in check_knobs(knobs).items():
-            setattr(self, name, value)
+        self._apply_knobs(check_knobs(knobs))
         return self.config()
 
     def config(self) -> dict[str, Any]:
@@ -258,8 +290,12 @@ class ServiceKnobs:
 
     def _set_knobs(self, arguments: Mapping[str, object]) -> None:
         """Set every option from ``arguments`` (a constructor's ``locals()``), each checked."""
-        for name, value in knob_arguments(arguments).items():
-            setattr(self, name, value)
+        self._apply_knobs(knob_arguments(arguments))
+
+    def _apply_knobs(self, checked: Mapping[str, object]) -> None:
+        # All values first, then one notice: state derived from several options is built once.
+        self.__dict__.update(checked)
+        self._knobs_changed(checked.keys())
 
 
 #: Every knob, by name, in declaration order.

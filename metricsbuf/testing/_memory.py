@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -102,7 +103,9 @@ class InMemoryMetricsClient(ServiceModel):
             service answers as usual), return a response dict such as ``{"Errors": [...]}``
             (the call returns it; the items it does not name by ``MetricIndex`` are stored if
             the rules accept them; no fault is drawn), or raise (the call raises it). Either
-            of the last two is counted as ``handled``.
+            of the last two is counted as ``handled``. A handled call does not touch the
+            rate limit.
+        clock: monotonic seconds for the rate limit (`time.monotonic`; a fake one in tests).
         (the options): see below.
     """
 
@@ -119,11 +122,14 @@ class InMemoryMetricsClient(ServiceModel):
         latency: float = 0.0,
         metric_limit: int | None = None,
         known_trial_components: Collection[str] | None = None,
+        rate_limit: float | None = None,
+        rate_limit_burst: int | None = None,
         parameter_validation: bool = True,
         handler: Handler | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # locals() holds exactly the arguments here; the model takes the options among them.
-        super().__init__(locals())
+        super().__init__(locals(), clock=clock)
         self._serializer = _serializer(bool(parameter_validation))
         self._handler = handler
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from ._knobs import ServiceKnobs
+from ._rate_limit import TokenBucket
 from ._records import PointQueries, ServiceState, StoredPoint
 from ._rules import (
     CONFLICT_ERROR,
@@ -64,9 +66,18 @@ class ServiceModel(ServiceKnobs, PointQueries):
         counts: a `collections.Counter` of the events in `COUNT_KEYS`.
     """
 
-    def __init__(self, arguments: Mapping[str, object]) -> None:
-        """Take the options from ``arguments``: the caller's explicit keyword arguments."""
-        self._rng = random.Random()  # before the options: setting `seed` seeds it
+    def __init__(
+        self, arguments: Mapping[str, object], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """Take the options from ``arguments``: the caller's explicit keyword arguments.
+
+        ``clock`` (monotonic seconds) paces the rate limit.
+        """
+        # Before the options, which derive state from them: `seed` seeds the generator, and
+        # `rate_limit` / `rate_limit_burst` make the bucket.
+        self._rng = random.Random()
+        self._clock = clock
+        self._bucket: TokenBucket | None = None
         self._set_knobs(arguments)
         self.points: list[StoredPoint] = []
         self.counts: Counter[str] = Counter()
@@ -75,9 +86,20 @@ class ServiceModel(ServiceKnobs, PointQueries):
         self._request_ids = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
-    def _knob_changed(self, name: str) -> None:
-        if name == "seed":
+    def _knobs_changed(self, names: Collection[str]) -> None:
+        if "seed" in names:
             self._rng.seed(self.seed)
+        if "rate_limit" in names or "rate_limit_burst" in names:
+            self._refill_bucket()
+
+    def _refill_bucket(self) -> None:
+        """A new, full bucket for the current rate limit (None when there is no limit)."""
+        rate = self.rate_limit
+        if rate is None:
+            self._bucket = None
+            return
+        burst = self.rate_limit_burst
+        self._bucket = TokenBucket(rate, max(1.0, rate) if burst is None else burst, self._clock)
 
     # ----------------------------------------------------------------- queries
 
@@ -91,10 +113,12 @@ class ServiceModel(ServiceKnobs, PointQueries):
         return ServiceState(counts=Counter(self.counts), points=list(self.points))
 
     def clear(self) -> None:
-        """Forget every stored point, count and known metric name (options are kept)."""
+        """Forget every stored point, count and known metric name, and refill the rate limit's
+        bucket (options are kept)."""
         self.points.clear()
         self.counts.clear()
         self._names.clear()
+        self._refill_bucket()
 
     async def wait_stored(self, n: int, *, timeout: float = 5.0) -> None:
         """Wait until at least ``n`` points are stored (`counts["stored"]`), or raise TimeoutError."""
@@ -157,7 +181,14 @@ class ServiceModel(ServiceKnobs, PointQueries):
         rng = self._rng
         request_id = self._next_request_id()
 
-        # 1. Whole-request faults: one draw per request, always made.
+        # (1. `latency` was waited by the caller.) 2. The rate limit, shared by every client of
+        # this service; no draw is made.
+        bucket = self._bucket
+        if bucket is not None and not bucket.take():
+            counts["rate_limited"] += 1
+            return Refusal(400, "ThrottlingException", "Rate exceeded", request_id)
+
+        # 3. Whole-request faults: one draw per request, always made.
         u = rng.random()
         edge = self.throttle_rate
         if u < edge:
@@ -180,7 +211,7 @@ class ServiceModel(ServiceKnobs, PointQueries):
         ambiguous = u < edge + self.ambiguous_reset_rate
         ambiguous_rst = u < edge + self.ambiguous_reset_rate / 2
 
-        # 2. Request validation, 3. the trial component.
+        # 4. Request validation, then the trial component.
         try:
             trial_component, items = parse_request(body)
         except RequestError as err:
@@ -193,7 +224,7 @@ class ServiceModel(ServiceKnobs, PointQueries):
                 400, "ResourceNotFound", f"Trial component {trial_component!r} does not exist", request_id
             )
 
-        # 4. Per-index outcomes: one draw per item, always made.
+        # 5. Per-index outcomes: one draw per item, always made.
         names = self._items_reached(trial_component, len(items))
         limit = self.metric_limit
         internal_edge = self.internal_error_rate
@@ -221,7 +252,7 @@ class ServiceModel(ServiceKnobs, PointQueries):
             errors.append({"Code": code, "MetricIndex": index})
         self._count_stored(stored)
 
-        # 5. The answer, or an ambiguous reset.
+        # 6. The answer, or an ambiguous reset.
         if ambiguous:
             counts["ambiguous_reset"] += 1
             return Dropped(rst=ambiguous_rst)

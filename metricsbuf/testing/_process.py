@@ -114,6 +114,8 @@ class FakeMetricsServiceProcess:
         latency: float = 0.0,
         metric_limit: int | None = None,
         known_trial_components: Collection[str] | None = None,
+        rate_limit: float | None = None,
+        rate_limit_burst: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         startup_timeout: float = 10.0,

@@ -41,7 +41,8 @@ COUNT_KEYS: Final[Mapping[str, str]] = {
     METRIC_LIMIT_EXCEEDED: "items answered METRIC_LIMIT_EXCEEDED",
     INTERNAL_ERROR: "items answered INTERNAL_ERROR (injected)",
     CONFLICT_ERROR: "items answered CONFLICT_ERROR (injected)",
-    "throttled": "requests answered HTTP 400 ThrottlingException (injected)",
+    "throttled": "requests answered HTTP 400 ThrottlingException (injected at random: `throttle_rate`)",
+    "rate_limited": "requests answered HTTP 400 ThrottlingException by the shared rate limit (`rate_limit`)",
     "server_error": "requests answered HTTP 500 InternalFailure or 503 ServiceUnavailable (injected)",
     "server_error_500": "of those, the HTTP 500 InternalFailure ones",
     "server_error_503": "of those, the HTTP 503 ServiceUnavailable ones",
@@ -61,6 +62,7 @@ COUNT_KEYS: Final[Mapping[str, str]] = {
 REQUEST_OUTCOMES: Final = (
     "ok",
     "throttled",
+    "rate_limited",
     "server_error",
     "reset",
     "ambiguous_reset",

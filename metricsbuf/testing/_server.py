@@ -86,6 +86,8 @@ class FakeMetricsService(ServiceModel):
         latency: float = 0.0,
         metric_limit: int | None = None,
         known_trial_components: Collection[str] | None = None,
+        rate_limit: float | None = None,
+        rate_limit_burst: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
