@@ -65,8 +65,7 @@ def _metadata(request_id: str, status: int, headers: dict[str, str]) -> dict[str
 
 def _client_error(refusal: Refusal) -> ClientError:
     """The ClientError aiobotocore raises for this answer, with botocore's retries off."""
-    error_type = f"{refusal.code}:http://internal.amazon.com/coral/com.amazonaws.sagemaker.metrics/"
-    metadata = _metadata(refusal.request_id, refusal.status, {"x-amzn-errortype": error_type})
+    metadata = _metadata(refusal.request_id, refusal.status, {"x-amzn-errortype": refusal.error_type})
     # botocore's retry handler marks what it would have retried (throttling, 5xx) once its one
     # attempt is spent; ClientError then says "(reached max retries: 0)" in its message.
     if refusal.status >= 500 or refusal.code == "ThrottlingException":

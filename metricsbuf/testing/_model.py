@@ -39,6 +39,11 @@ class Refusal:
     message: str
     request_id: str
 
+    @property
+    def error_type(self) -> str:
+        """The real service's ``x-amzn-ErrorType`` header, from which botocore reads the code."""
+        return f"{self.code}:http://internal.amazon.com/coral/com.amazonaws.sagemaker.metrics/"
+
 
 @dataclass(frozen=True, slots=True)
 class Dropped:

@@ -17,17 +17,14 @@ from ._model import Answered, Outcome, Refusal, ServiceModel
 from ._records import points_to_json
 
 
-def _error_response(status: int, code: str, message: str, request_id: str) -> web.Response:
+def _error_response(refusal: Refusal) -> web.Response:
     # botocore's rest-json parser takes the code from x-amzn-ErrorType (cutting at ":"), else from
     # the body's "__type"/"code"; a 5xx with an empty or HTML body would be reported as code "500".
     return web.Response(
-        status=status,
-        body=json.dumps({"__type": code, "message": message}).encode(),
+        status=refusal.status,
+        body=json.dumps({"__type": refusal.code, "message": refusal.message}).encode(),
         content_type="application/json",
-        headers={
-            "x-amzn-ErrorType": f"{code}:http://internal.amazon.com/coral/com.amazonaws.sagemaker.metrics/",
-            "x-amzn-RequestId": request_id,
-        },
+        headers={"x-amzn-ErrorType": refusal.error_type, "x-amzn-RequestId": refusal.request_id},
     )
 
 
@@ -213,7 +210,7 @@ class FakeMetricsService(ServiceModel):
                 headers={"x-amzn-RequestId": outcome.request_id},
             )
         if isinstance(outcome, Refusal):
-            return _error_response(outcome.status, outcome.code, outcome.message, outcome.request_id)
+            return _error_response(outcome)
         return _drop_connection(request, rst=outcome.rst)
 
 
