@@ -7,7 +7,7 @@ import math
 import re
 import time
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 MAX_ITEMS_PER_REQUEST: Final = 10
 MAX_TRIAL_COMPONENT_NAME_LENGTH: Final = 120
@@ -103,11 +103,21 @@ def _malformed(message: str) -> RequestError:
 
 
 
-def parse_request(body: bytes) -> tuple[str, list[tuple[str, int | None, float, float] | None]]:
-    """Check the request as a whole; return the trial component and each item parsed.
+#: One item as stored: (MetricName, Step or None, Value, Timestamp in epoch seconds); None
+#: for an item that breaks a per-index rule (answered VALIDATION_ERROR).
+ParsedItem: TypeAlias = tuple[str, int | None, float, float] | None
 
-    An item is None when it breaks a per-index rule (VALIDATION_ERROR). A structural
-    problem (bad JSON, a wrong JSON type, a missing member) raises RequestError.
+
+def parse_request(body: bytes) -> tuple[str, list[ParsedItem]]:
+    """Check a request body; return the trial component and each item parsed (see `check_request`)."""
+    trial_component, data = read_request(body)
+    return trial_component, check_request(trial_component, data)
+
+
+def read_request(body: bytes) -> tuple[str, list[Any]]:
+    """The body's trial component and its MetricData list, unchecked beyond their JSON types.
+
+    Bad JSON, a wrong JSON type or a missing member raises RequestError.
     """
     try:
         payload = json.loads(body)
@@ -127,6 +137,15 @@ def parse_request(body: bytes) -> tuple[str, list[tuple[str, int | None, float, 
         raise _malformed("TrialComponentName must be a string")
     if not isinstance(data, list):
         raise _malformed("MetricData must be a list")
+    return trial_component, data
+
+
+def check_request(trial_component: str, data: list[Any]) -> list[ParsedItem]:
+    """Check the request as a whole, then parse each item (None: a per-index VALIDATION_ERROR).
+
+    A bad trial component name, a MetricData length outside 1..10, or an item with a missing
+    member or a wrong JSON type raises RequestError.
+    """
     if not (
         len(trial_component) <= MAX_TRIAL_COMPONENT_NAME_LENGTH
         and _TRIAL_COMPONENT_NAME.fullmatch(trial_component)
@@ -144,15 +163,13 @@ def parse_request(body: bytes) -> tuple[str, list[tuple[str, int | None, float, 
     now = time.time()
     earliest = now - PAST_WINDOW_SECONDS
     latest = now + FUTURE_WINDOW_SECONDS
-    return trial_component, [_parse_item(i, item, earliest, latest) for i, item in enumerate(data)]
+    return [_parse_item(i, item, earliest, latest) for i, item in enumerate(data)]
 
 
 _NUMBER_TYPES: Final = (int, float)
 
 
-def _parse_item(
-    index: int, item: object, earliest: float, latest: float
-) -> tuple[str, int | None, float, float] | None:
+def _parse_item(index: int, item: object, earliest: float, latest: float) -> ParsedItem:
     """Parse one MetricData item: the stored fields, None for VALIDATION_ERROR, or RequestError."""
     if type(item) is not dict:
         raise _malformed(f"MetricData[{index}] must be an object")
