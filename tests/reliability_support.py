@@ -19,13 +19,12 @@ import dataclasses
 import json
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+import service_support
 
 from metricsbuf import FailedMetric, MetricsLogger
 from metricsbuf.testing import ITEM_OUTCOMES, REQUEST_OUTCOMES, FakeMetricsService, StoredPoint
@@ -53,28 +52,12 @@ MIXED_FAULTS: dict[str, float] = {
     "reset_rate": 0.01,
 }
 
-# One session for the process: botocore caches the loaded service model in it.
-SESSION = get_session()
 
-
-@asynccontextmanager
-async def metrics_client(endpoint_url: str, *, max_pool_connections: int = 10) -> AsyncIterator[Any]:
+def metrics_client(endpoint_url: str, *, max_pool_connections: int = 10) -> AbstractAsyncContextManager[Any]:
     """A real aiobotocore client for ``endpoint_url``; botocore's retries and validation off."""
-    config = AioConfig(
-        retries={"total_max_attempts": 1},
-        parameter_validation=False,
-        max_pool_connections=max_pool_connections,
+    return service_support.metrics_client(
+        endpoint_url, validate=False, max_pool_connections=max_pool_connections
     )
-    async with SESSION.create_client(
-        "sagemaker-metrics",
-        region_name="us-east-1",
-        endpoint_url=endpoint_url,
-        aws_access_key_id="fake",
-        aws_secret_access_key="fake",
-        config=config,
-        verify=False,
-    ) as client:
-        yield client
 
 
 def key_of(point: StoredPoint) -> Key:

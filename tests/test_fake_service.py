@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
+from service_support import item, metrics_client
 
 from metricsbuf import InvalidMetricError
 from metricsbuf.testing import (
@@ -37,33 +37,6 @@ pytest_plugins = ["metricsbuf.pytest_plugin", "pytester"]
 
 TC = "my-trial-0001"
 DAY = 24 * 3600.0
-
-
-# One session for the module: botocore caches the loaded service model in it.
-SESSION = get_session()
-
-
-@asynccontextmanager
-async def metrics_client(endpoint_url: str, *, validate: bool = True) -> AsyncIterator[Any]:
-    """A real aiobotocore sagemaker-metrics client with botocore's retries off."""
-    config = AioConfig(retries={"total_max_attempts": 1}, parameter_validation=validate)
-    async with SESSION.create_client(
-        "sagemaker-metrics",
-        region_name="us-east-1",
-        endpoint_url=endpoint_url,
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-        config=config,
-        verify=False,  # plain http; spares loading the CA bundle (~40 ms) before the first request
-    ) as client:
-        yield client
-
-
-def item(name: str = "loss", value: Any = 1.0, step: int | None = 0, ts: Any = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"MetricName": name, "Value": value, "Timestamp": time.time() if ts is None else ts}
-    if step is not None:
-        out["Step"] = step
-    return out
 
 
 async def put(client: Any, data: list[dict[str, Any]], tc: str = TC) -> list[dict[str, Any]]:

@@ -8,22 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import math
+import textwrap
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     EndpointConnectionError,
     ParamValidationError,
 )
+from service_support import item, metrics_client
 
+import metricsbuf.testing
 from metricsbuf import InvalidMetricError, MetricsLogger
 from metricsbuf._retry_policy import classify_exception
 from metricsbuf.testing import (
@@ -36,22 +35,6 @@ from metricsbuf.testing import (
 )
 
 TC = "my-trial-0001"
-SESSION = get_session()
-
-
-@asynccontextmanager
-async def http_client(svc: FakeMetricsService, *, validate: bool = True) -> AsyncIterator[Any]:
-    """A real aiobotocore client for the HTTP service, configured as the in-memory one behaves."""
-    config = AioConfig(retries={"total_max_attempts": 1}, parameter_validation=validate)
-    async with SESSION.create_client("sagemaker-metrics", config=config, **svc.client_kwargs()) as client:
-        yield client
-
-
-def item(name: str = "loss", value: Any = 1.0, step: int | None = 0, ts: Any = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"MetricName": name, "Value": value, "Timestamp": time.time() if ts is None else ts}
-    if step is not None:
-        out["Step"] = step
-    return out
 
 
 def classified(exc: Exception) -> tuple[str, bool, bool]:
@@ -105,7 +88,8 @@ async def test_same_seed_same_calls_same_answers_and_points_as_over_http() -> No
     calls = [[item(name=f"m{(i + j) % 5}", step=i, ts=now - j) for j in range(1 + i % 4)] for i in range(60)]
     calls += [[item(name="")], [item(step=None, value=-3)], [item(ts=now - 15 * 86400)]]
     in_memory = InMemoryMetricsClient(seed=11, parameter_validation=False, **MIXED)
-    async with FakeMetricsService(seed=11, **MIXED) as svc, http_client(svc, validate=False) as client:
+    svc = FakeMetricsService(seed=11, **MIXED)
+    async with svc, metrics_client(svc.endpoint_url, validate=False) as client:
         over_http = [await outcome(client, data) for data in calls]
     directly = [await outcome(in_memory, data) for data in calls]
     assert directly == over_http
@@ -129,7 +113,7 @@ async def test_same_seed_same_calls_same_answers_and_points_as_over_http() -> No
 )
 async def test_whole_request_faults_raise_what_aiobotocore_raises(options: dict[str, Any]) -> None:
     calls = [[item(step=i)] for i in range(8)]
-    async with FakeMetricsService(**options) as svc, http_client(svc) as client:
+    async with FakeMetricsService(**options) as svc, metrics_client(svc.endpoint_url) as client:
         over_http = {repr(await outcome(client, data)) for data in calls}
     in_memory = InMemoryMetricsClient(**options)
     directly = {repr(await outcome(in_memory, data)) for data in calls}
@@ -215,17 +199,15 @@ async def test_logger_stores_every_point_exactly_once_under_internal_errors_and_
     assert_counts_add_up(client)
 
 
-async def test_docstring_example() -> None:
-    # The example in the metricsbuf.testing docstring, as written there.
-    async def test_training_loop_logs_every_step() -> None:
-        client = InMemoryMetricsClient(throttle_rate=0.1, internal_error_rate=0.2, seed=7)
-        async with MetricsLogger("my-run", client=client, backoff_initial=0.01) as metrics:
-            for step in range(100):
-                await metrics.log("loss", 1 / (step + 1), step=step)
-        assert [p.step for p in client.series("my-run", "loss")] == list(range(100))
-        assert not client.duplicates()
-
-    await test_training_loop_logs_every_step()
+async def test_the_docstring_example_runs() -> None:
+    # The example in the "In memory, with no HTTP" section of the metricsbuf.testing docstring.
+    doc = metricsbuf.testing.__doc__ or ""
+    section = doc[doc.index("In memory, with no HTTP") :]
+    start = section.index("::\n\n") + 3
+    example = section[start : section.index("\n\n", section.index("async def", start))]
+    namespace: dict[str, Any] = {}
+    exec(textwrap.dedent(example), namespace)
+    await namespace["test_training_loop_logs_every_step"]()
 
 
 # --------------------------------------------------------------------------- the handler

@@ -9,14 +9,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
+from service_support import item, metrics_client
 
 from metricsbuf import InvalidMetricError
 from metricsbuf._retry_policy import classify_exception
@@ -31,7 +28,6 @@ from metricsbuf.testing import (
 from metricsbuf.testing._rate_limit import TokenBucket
 
 TC = "rate-limited-run"
-SESSION = get_session()
 
 
 class FakeClock:
@@ -42,14 +38,10 @@ class FakeClock:
         return self.now
 
 
-def data(step: int = 0) -> list[dict[str, Any]]:
-    return [{"MetricName": "loss", "Value": 1.0, "Step": step, "Timestamp": time.time()}]
-
-
 async def admitted(client: Any, step: int = 0) -> bool:
     """Send one request: True if it was stored, False if it was throttled (anything else fails)."""
     try:
-        response = await client.batch_put_metrics(TrialComponentName=TC, MetricData=data(step))
+        response = await client.batch_put_metrics(TrialComponentName=TC, MetricData=[item(step=step)])
     except ClientError as exc:
         assert exc.response["Error"] == {"Code": "ThrottlingException", "Message": "Rate exceeded"}
         assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 400
@@ -100,9 +92,9 @@ async def test_in_memory_client_shares_one_limit_between_its_callers() -> None:
 
 async def test_rate_limited_answers_are_retryable_throttling_for_metricsbuf() -> None:
     client = InMemoryMetricsClient(rate_limit=1, rate_limit_burst=1, clock=FakeClock())
-    await client.batch_put_metrics(TrialComponentName=TC, MetricData=data())
+    await client.batch_put_metrics(TrialComponentName=TC, MetricData=[item()])
     with pytest.raises(ClientError) as caught:
-        await client.batch_put_metrics(TrialComponentName=TC, MetricData=data())
+        await client.batch_put_metrics(TrialComponentName=TC, MetricData=[item()])
     failure = classify_exception(caught.value)
     assert (failure.code, failure.retryable, failure.ambiguous) == ("ThrottlingException", True, False)
 
@@ -141,21 +133,6 @@ def test_command_line_rejects_a_bad_rate_limit(capsys: pytest.CaptureFixture[str
 
 
 # --------------------------------------------------------------------------- over HTTP
-
-
-@asynccontextmanager
-async def metrics_client(endpoint_url: str) -> AsyncIterator[Any]:
-    config = AioConfig(retries={"total_max_attempts": 1}, max_pool_connections=4)
-    async with SESSION.create_client(
-        "sagemaker-metrics",
-        region_name="us-east-1",
-        endpoint_url=endpoint_url,
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-        config=config,
-        verify=False,
-    ) as client:
-        yield client
 
 
 async def hammer(client: Any, until: float, first_step: int) -> list[bool]:
@@ -205,7 +182,7 @@ async def test_http_limit_changes_while_running() -> None:
     async with svc, metrics_client(svc.endpoint_url) as c:
         assert [await admitted(c, i) for i in range(3)] == [True, False, False]
         with pytest.raises(ClientError) as caught:
-            await c.batch_put_metrics(TrialComponentName=TC, MetricData=data())
+            await c.batch_put_metrics(TrialComponentName=TC, MetricData=[item()])
         failure = classify_exception(caught.value)  # as botocore's own checkers see it
         assert (failure.code, failure.retryable, failure.ambiguous) == ("ThrottlingException", True, False)
         svc.rate_limit = None

@@ -58,12 +58,15 @@ def _check_seconds(name: str, value: object) -> float:
     return number
 
 
-def _check_optional_count(name: str, value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidMetricError(f"{name} must be None or an int >= 0, got {value!r}")
-    return value
+def _optional_int_check(minimum: int) -> Callable[[str, object], int | None]:
+    def check(name: str, value: object) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise InvalidMetricError(f"{name} must be None or an int >= {minimum}, got {value!r}")
+        return value
+
+    return check
 
 
 def _check_optional_positive_number(name: str, value: object) -> float | None:
@@ -73,14 +76,6 @@ def _check_optional_positive_number(name: str, value: object) -> float | None:
     if number <= 0:
         raise InvalidMetricError(f"{name} must be None or a number > 0, got {value!r}")
     return number
-
-
-def _check_optional_positive_count(name: str, value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidMetricError(f"{name} must be None or an int >= 1, got {value!r}")
-    return value
 
 
 def _check_optional_names(name: str, value: object) -> frozenset[str] | None:
@@ -242,7 +237,7 @@ class ServiceKnobs:
     )
     metric_limit = Knob(
         None,
-        _check_optional_count,
+        _optional_int_check(0),
         doc="distinct metric names a trial component may hold; a new name beyond that gets "
         "METRIC_LIMIT_EXCEEDED. None: no limit.",
         metavar="N",
@@ -269,7 +264,7 @@ class ServiceKnobs:
     )
     rate_limit_burst = Knob(
         None,
-        _check_optional_positive_count,
+        _optional_int_check(1),
         doc="the bucket's size: how many requests the rate limit admits at once after a quiet "
         "spell. None: one second's worth of rate_limit (at least 1).",
         metavar="N",

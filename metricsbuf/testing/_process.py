@@ -21,7 +21,7 @@ from typing import Any
 from .._exceptions import InvalidMetricError
 from ._knobs import add_knob_arguments, check_knobs, knob_arguments, knob_argv, knobs_to_json, with_knob_docs
 from ._records import ServiceState, points_from_json
-from ._server import FakeMetricsService, client_kwargs_for, environ_for
+from ._server import ClientSettings, FakeMetricsService
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @with_knob_docs
-class FakeMetricsServiceProcess:
+class FakeMetricsServiceProcess(ClientSettings):
     """A `FakeMetricsService` in a child process (``python -m metricsbuf.testing``).
 
     For benchmarks and multi-process tests, where the service must not share the GIL with
@@ -249,14 +249,6 @@ class FakeMetricsServiceProcess:
     def clear(self) -> None:
         """Forget the child's stored points and counts (``POST /_fake/clear``)."""
         self._call("POST", "/_fake/clear", {})
-
-    def environ(self, region_name: str = "us-east-1") -> dict[str, str]:
-        """Environment variables that send any botocore ``sagemaker-metrics`` client to the child."""
-        return environ_for(self.endpoint_url, region_name)
-
-    def client_kwargs(self, region_name: str = "us-east-1") -> dict[str, Any]:
-        """Keyword arguments for ``session.create_client("sagemaker-metrics", **proc.client_kwargs())``."""
-        return client_kwargs_for(self.endpoint_url, region_name)
 
     async def state_async(self, *, points: bool = True) -> ServiceState:
         """`state`, run in a thread."""

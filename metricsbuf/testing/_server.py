@@ -51,8 +51,45 @@ def _drop_connection(request: web.BaseRequest, *, rst: bool) -> web.Response:
 _EMPTY_SUCCESS: Final = b'{"Errors":[]}'
 
 
+class ClientSettings:
+    """How to point a botocore ``sagemaker-metrics`` client at a running service's `endpoint_url`."""
+
+    __slots__ = ()
+
+    @property
+    def endpoint_url(self) -> str:
+        raise NotImplementedError
+
+    def client_kwargs(self, region_name: str = "us-east-1") -> dict[str, Any]:
+        """Keyword arguments for ``session.create_client("sagemaker-metrics", **svc.client_kwargs())``.
+
+        Includes ``verify=False``: the endpoint is plain http, and it spares aiobotocore from
+        loading the CA bundle (tens of milliseconds) before a client's first request.
+        """
+        return {
+            "region_name": region_name,
+            "endpoint_url": self.endpoint_url,
+            "aws_access_key_id": "fake",
+            "aws_secret_access_key": "fake",
+            "verify": False,
+        }
+
+    def environ(self, region_name: str = "us-east-1") -> dict[str, str]:
+        """Environment variables that send any botocore ``sagemaker-metrics`` client here.
+
+        For code under test that builds its own client (or runs in a subprocess):
+        ``AWS_ENDPOINT_URL_SAGEMAKER_METRICS`` plus fake credentials and a region.
+        """
+        return {
+            "AWS_ENDPOINT_URL_SAGEMAKER_METRICS": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": "fake",
+            "AWS_SECRET_ACCESS_KEY": "fake",
+            "AWS_DEFAULT_REGION": region_name,
+        }
+
+
 @with_knob_docs
-class FakeMetricsService(ServiceModel):
+class FakeMetricsService(ServiceModel, ClientSettings):
     """A local SageMaker Metrics ``BatchPutMetrics`` endpoint that injects faults on demand.
 
     Use as ``async with FakeMetricsService(...) as svc:`` and point a ``sagemaker-metrics``
@@ -149,24 +186,6 @@ class FakeMetricsService(ServiceModel):
     ) -> None:
         await self.stop()
 
-    # ----------------------------------------------------------------- helpers for tests
-
-    def client_kwargs(self, region_name: str = "us-east-1") -> dict[str, Any]:
-        """Keyword arguments for ``session.create_client("sagemaker-metrics", **svc.client_kwargs())``.
-
-        Includes ``verify=False``: the endpoint is plain http, and it spares aiobotocore from
-        loading the CA bundle (tens of milliseconds) before a client's first request.
-        """
-        return client_kwargs_for(self.endpoint_url, region_name)
-
-    def environ(self, region_name: str = "us-east-1") -> dict[str, str]:
-        """Environment variables that send any botocore ``sagemaker-metrics`` client here.
-
-        For code under test that builds its own client (or runs in a subprocess):
-        ``AWS_ENDPOINT_URL_SAGEMAKER_METRICS`` plus fake credentials and a region.
-        """
-        return environ_for(self.endpoint_url, region_name)
-
     # ----------------------------------------------------------------- control endpoints
 
     async def _handle_state(self, request: web.Request) -> web.Response:
@@ -212,27 +231,6 @@ class FakeMetricsService(ServiceModel):
         if isinstance(outcome, Refusal):
             return _error_response(outcome)
         return _drop_connection(request, rst=outcome.rst)
-
-
-def client_kwargs_for(endpoint_url: str, region_name: str) -> dict[str, Any]:
-    """Keyword arguments that point an aiobotocore client at ``endpoint_url``, with fake credentials."""
-    return {
-        "region_name": region_name,
-        "endpoint_url": endpoint_url,
-        "aws_access_key_id": "fake",
-        "aws_secret_access_key": "fake",
-        "verify": False,
-    }
-
-
-def environ_for(endpoint_url: str, region_name: str) -> dict[str, str]:
-    """Environment variables that point any botocore client at ``endpoint_url``, with fake credentials."""
-    return {
-        "AWS_ENDPOINT_URL_SAGEMAKER_METRICS": endpoint_url,
-        "AWS_ACCESS_KEY_ID": "fake",
-        "AWS_SECRET_ACCESS_KEY": "fake",
-        "AWS_DEFAULT_REGION": region_name,
-    }
 
 
 async def _read_json_object(request: web.Request) -> dict[str, Any]:
