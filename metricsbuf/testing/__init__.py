@@ -203,4 +203,3 @@ def __getattr__(name: str) -> Any:
 
         return fake_metrics_service
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-

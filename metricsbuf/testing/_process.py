@@ -83,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-
 @with_knob_docs
 class FakeMetricsServiceProcess(ClientSettings):
     """A `FakeMetricsService` in a child process (``python -m metricsbuf.testing``).

@@ -102,7 +102,6 @@ def _malformed(message: str) -> RequestError:
     return RequestError(400, "SerializationException", message, "invalid_request")
 
 
-
 #: One item as stored: (MetricName, Step or None, Value, Timestamp in epoch seconds); None
 #: for an item that breaks a per-index rule (answered VALIDATION_ERROR).
 ParsedItem: TypeAlias = tuple[str, int | None, float, float] | None
@@ -221,4 +220,3 @@ def _check_item_types(index: int, name: object, timestamp: object, value: object
         raise _malformed(f"MetricData[{index}].Step must be an integer")
     if type(value) not in _NUMBER_TYPES and value not in _NON_FINITE_STRINGS:
         raise _malformed(f"MetricData[{index}].Value must be a number")
-
