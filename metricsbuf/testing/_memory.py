@@ -129,13 +129,15 @@ class InMemoryMetricsClient(ServiceModel):
     ) -> None:
         # locals() holds exactly the arguments here; the model takes the options among them.
         super().__init__(locals(), clock=clock)
+        # Loaded now, as aiobotocore loads a client's model when it creates it (once a process).
+        self._operation = _operation_model()
         self._serializer = _serializer(bool(parameter_validation))
         self._handler = handler
 
     async def batch_put_metrics(self, **kwargs: Any) -> dict[str, Any]:
         """Send one BatchPutMetrics request to the in-memory service (see the class docstring)."""
         # Client side, as in aiobotocore: validation and serialization raise before sending.
-        body: bytes = self._serializer.serialize_to_request(kwargs, _operation_model())["body"]
+        body: bytes = self._serializer.serialize_to_request(kwargs, self._operation)["body"]
         self._request_started()
         try:
             await asyncio.sleep(self.latency)  # sleep(0) still yields, as a real call always does
