@@ -4,59 +4,52 @@ environment isolated from the machine's for tests of the logger's own client."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from metricsbuf.testing import BatchPutMetricsCall, InMemoryMetricsClient
-
 Response = dict[str, Any]
 Handler = Callable[[int, list[dict[str, Any]]], Response | None]
 
 
-class FakeClient(InMemoryMetricsClient):
-    """A scripted `InMemoryMetricsClient` that also keeps every call exactly as the logger made it.
+class FakeClient:
+    """Stands in for an aiobotocore ``sagemaker-metrics`` client.
 
     ``handler(request_number, metric_data)`` decides each answer: return a response dict
-    (``None`` means all stored) or raise; the service's own rules and faults never answer.
-    ``gate``, when set, holds every request until it is opened, so a test can keep requests
-    in flight for as long as it needs.
-
-    ``requests`` (each MetricData list), ``trial_components`` and ``stored`` (the items no
-    answer named in its Errors: what the logger was told is delivered) hold the logger's own
-    objects, unconverted; the public client's ``points``, ``counts`` and queries tell what the
-    service stored from the same calls.
+    (``None`` means all stored) or raise. ``gate``, when set, holds every request until it is
+    opened, so a test can keep requests in flight for as long as it needs.
     """
 
     def __init__(self, handler: Handler | None = None) -> None:
-        # The logger validated every point already; botocore's check would only cost time.
-        super().__init__(parameter_validation=False, handler=self._answer)
         self.handler = handler
-        self.gate: asyncio.Event | None = None
         self.requests: list[list[dict[str, Any]]] = []
         self.trial_components: list[str] = []
+        self.gate: asyncio.Event | None = None
+        self.in_flight = 0
+        self.max_in_flight_seen = 0
         self.stored: list[dict[str, Any]] = []
 
     async def batch_put_metrics(self, **kwargs: Any) -> Response:
         data = kwargs["MetricData"]
+        number = len(self.requests)
         self.requests.append(list(data))
         self.trial_components.append(kwargs["TrialComponentName"])
-        response = await super().batch_put_metrics(**kwargs)
+        self.in_flight += 1
+        self.max_in_flight_seen = max(self.max_in_flight_seen, self.in_flight)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            else:
+                await asyncio.sleep(0)
+            response = self.handler(number, data) if self.handler else None
+        finally:
+            self.in_flight -= 1
+        response = response or {"Errors": []}
         failed = {e.get("MetricIndex") for e in response.get("Errors", []) if isinstance(e, dict)}
         self.stored.extend(item for i, item in enumerate(data) if i not in failed)
         return response
-
-    async def _answer(self, call: BatchPutMetricsCall) -> Mapping[str, Any]:
-        if self.gate is not None:
-            await self.gate.wait()
-        response = self.handler(call.number, call.metric_data) if self.handler else None
-        return response or {"Errors": []}
-
-    @property
-    def max_in_flight_seen(self) -> int:
-        return self.counts["max_in_flight"]
 
     @property
     def sent_points(self) -> int:
