@@ -5,12 +5,16 @@
 It listens on 127.0.0.1 only and prints its URL (``http://127.0.0.1:PORT``) as the first line
 of stdout once it accepts connections.
 
-``PUT /BatchPutMetrics`` answers ``{"Errors": [...]}`` after ``--latency`` seconds. Each item
-independently gets an ``INTERNAL_ERROR`` with probability ``--internal-error-rate`` (seeded);
-every other well-formed item is stored under (trial component, metric name, step, timestamp),
-so a resent point is stored once. Malformed items (missing fields, a non-finite or string value,
-a request with 0 or more than 10 items) are answered with ``VALIDATION_ERROR`` and counted, so a
-contender sending bad data shows up in the results instead of passing silently.
+``PUT /BatchPutMetrics`` answers ``{"Errors": [...]}`` after ``--latency`` seconds. Requests and
+items are checked by the fake service's own rules (``metricsbuf.testing._rules``, the checks
+`FakeMetricsService` applies): an invalid item is answered ``VALIDATION_ERROR``, and an invalid
+request as a whole (a bad trial component name, 0 or more than 10 items, a wrong JSON type) HTTP
+400; either way its items are counted as invalid, so a contender sending bad data shows up in
+the results instead of passing silently. Each valid item independently gets an
+``INTERNAL_ERROR`` with probability ``--internal-error-rate`` (seeded); every other one is
+stored under (trial component, metric name, step, timestamp), so a resent point is stored once.
+This is not the fake service itself: no fault knobs, no list of every point, nothing else per
+request, because the benchmarks measure the clients' cost against it.
 
 ``GET /_state?tc=NAME`` returns that trial component's counters as JSON:
 ``requests``, ``received`` (items in all requests), ``stored`` (distinct points stored),
@@ -21,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import math
 import random
 import sys
 
 from aiohttp import web
+
+from metricsbuf.testing._rules import RequestError, check_request, read_request
 
 
 class _TrialComponent:
@@ -51,18 +55,8 @@ class _TrialComponent:
         }
 
 
-def _valid_item(item: object) -> bool:
-    if not isinstance(item, dict):
-        return False
-    name, value, ts = item.get("MetricName"), item.get("Value"), item.get("Timestamp")
-    if not isinstance(name, str) or not 1 <= len(name) <= 255:
-        return False
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return False
-    if not isinstance(ts, (int, float, str)):
-        return False
-    step = item.get("Step")
-    return step is None or (isinstance(step, int) and 0 <= step <= 2**31 - 1)
+def _error(err: RequestError) -> web.Response:
+    return web.json_response({"__type": err.code, "message": err.message}, status=err.status)
 
 
 def make_app(latency: float, internal_error_rate: float, seed: int) -> web.Application:
@@ -71,15 +65,9 @@ def make_app(latency: float, internal_error_rate: float, seed: int) -> web.Appli
 
     async def batch_put_metrics(request: web.Request) -> web.Response:
         try:
-            body = json.loads(await request.read())
-            tc_name = body["TrialComponentName"]
-            items = body["MetricData"]
-            if not isinstance(tc_name, str) or not isinstance(items, list):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            return web.json_response(
-                {"__type": "ValidationException", "message": "malformed request"}, status=400
-            )
+            tc_name, items = read_request(await request.read())
+        except RequestError as err:
+            return _error(err)  # no trial component to count it under
         tc = components.get(tc_name)
         if tc is None:
             tc = components[tc_name] = _TrialComponent()
@@ -88,18 +76,23 @@ def make_app(latency: float, internal_error_rate: float, seed: int) -> web.Appli
         tc.max_items = max(tc.max_items, len(items))
         if latency:
             await asyncio.sleep(latency)
+        try:
+            parsed = check_request(tc_name, items)
+        except RequestError as err:
+            tc.invalid += len(items)
+            return _error(err)
         errors = []
-        too_many = not 1 <= len(items) <= 10
-        for index, item in enumerate(items):
-            if too_many or not _valid_item(item):
+        for index, item in enumerate(parsed):
+            if item is None:
                 tc.invalid += 1
                 errors.append({"Code": "VALIDATION_ERROR", "MetricIndex": index})
             elif internal_error_rate and rng.random() < internal_error_rate:
                 tc.internal_errors += 1
                 errors.append({"Code": "INTERNAL_ERROR", "MetricIndex": index})
             else:
-                tc.stored.add((item["MetricName"], item.get("Step"), item["Timestamp"]))
-        return web.json_response({"Errors": errors[:10]})
+                name, step, _, timestamp = item
+                tc.stored.add((name, step, timestamp))
+        return web.json_response({"Errors": errors})
 
     async def state(request: web.Request) -> web.Response:
         tc = components.get(request.query.get("tc", ""))

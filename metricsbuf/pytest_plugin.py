@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from ._fake_service import FakeMetricsService
+from .testing._server import FakeMetricsService
 
 __all__ = ["fake_metrics_service"]
 

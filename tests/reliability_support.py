@@ -19,31 +19,19 @@ import dataclasses
 import json
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+import service_support
 
 from metricsbuf import FailedMetric, MetricsLogger
-from metricsbuf.testing import FakeMetricsService, StoredPoint
+from metricsbuf.testing import ITEM_OUTCOMES, REQUEST_OUTCOMES, FakeMetricsService, StoredPoint
 
 # (trial component, metric name, step, value): what identifies a point in these tests. Every
 # point a test logs has a distinct key; timestamps are compared separately where a test sets them.
 Key = tuple[str, str, "int | None", float]
-
-REQUEST_OUTCOMES = (
-    "ok",
-    "throttled",
-    "server_error",
-    "reset",
-    "ambiguous_reset",
-    "invalid_request",
-    "resource_not_found",
-)
-ITEM_OUTCOMES = ("stored", "VALIDATION_ERROR", "METRIC_LIMIT_EXCEEDED", "INTERNAL_ERROR", "CONFLICT_ERROR")
 
 # The mix of issue 3: 10% INTERNAL_ERROR and 10% CONFLICT_ERROR per item; per request 5%
 # throttling, 2% HTTP 5xx and 1% connection resets before anything is stored.
@@ -64,28 +52,12 @@ MIXED_FAULTS: dict[str, float] = {
     "reset_rate": 0.01,
 }
 
-# One session for the process: botocore caches the loaded service model in it.
-SESSION = get_session()
 
-
-@asynccontextmanager
-async def metrics_client(endpoint_url: str, *, max_pool_connections: int = 10) -> AsyncIterator[Any]:
+def metrics_client(endpoint_url: str, *, max_pool_connections: int = 10) -> AbstractAsyncContextManager[Any]:
     """A real aiobotocore client for ``endpoint_url``; botocore's retries and validation off."""
-    config = AioConfig(
-        retries={"total_max_attempts": 1},
-        parameter_validation=False,
-        max_pool_connections=max_pool_connections,
+    return service_support.metrics_client(
+        endpoint_url, validate=False, max_pool_connections=max_pool_connections
     )
-    async with SESSION.create_client(
-        "sagemaker-metrics",
-        region_name="us-east-1",
-        endpoint_url=endpoint_url,
-        aws_access_key_id="fake",
-        aws_secret_access_key="fake",
-        config=config,
-        verify=False,
-    ) as client:
-        yield client
 
 
 def key_of(point: StoredPoint) -> Key:
@@ -130,7 +102,7 @@ def _item_keys(body: bytes) -> tuple[Key, ...]:
 class RecordingService(FakeMetricsService):
     """A FakeMetricsService that keeps a `RequestRecord` of every request in ``records``.
 
-    It wraps the service's private ``_process``, which handles one request without awaiting
+    It wraps the service's private ``_decide``, which decides one request without awaiting
     (draws, storage and the answer are atomic with respect to other requests), so comparing
     the counters and ``points`` before and after it tells exactly what that request did.
     """
@@ -139,20 +111,20 @@ class RecordingService(FakeMetricsService):
         super().__init__(**options)
         self.records: list[RequestRecord] = []
 
-    def _process(self, request: Any, body: bytes) -> Any:
+    def _decide(self, body: bytes) -> Any:
         counts = self.counts
         before = [counts[k] for k in REQUEST_OUTCOMES]
         first_new = len(self.points)
-        response = super()._process(request, body)
+        decision = super()._decide(body)
         changed = [k for k, n in zip(REQUEST_OUTCOMES, before, strict=True) if counts[k] != n]
         assert len(changed) == 1, changed
         outcome = changed[0]
         errors: dict[int, str] = {}
         if outcome == "ok":
-            for error in json.loads(response.body)["Errors"]:
+            for error in decision.errors:
                 errors[error["MetricIndex"]] = error["Code"]
         self.records.append(RequestRecord(outcome, _item_keys(body), errors, tuple(self.points[first_new:])))
-        return response
+        return decision
 
     def stored_by_outcome(self, outcome: str) -> Counter[Key]:
         """How many times each key was stored by requests that ended with ``outcome``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import metricsbuf
+import metricsbuf.testing
 
 
 def test_all_names_exist_and_are_sorted() -> None:
@@ -44,3 +45,16 @@ def test_contract_names_are_exported() -> None:
 def test_failure_codes_are_exported() -> None:
     for code in ("CLOSE_TIMEOUT", "DELIVERY_TIMEOUT", "FLUSHER_CRASHED", "SPOOL_CORRUPT", "SPOOL_ERROR"):
         assert getattr(metricsbuf, code) == code
+
+
+def test_testing_surface_is_exactly_its_all() -> None:
+    testing = metricsbuf.testing
+    for name in testing.__all__:
+        assert hasattr(testing, name), name
+    assert testing.__all__ == sorted(testing.__all__)
+    own = {
+        name
+        for name, value in vars(testing).items()
+        if not name.startswith("_") and getattr(value, "__module__", "").startswith("metricsbuf.")
+    }
+    assert own <= set(testing.__all__)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -17,48 +17,26 @@ import pytest
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
+from service_support import item, metrics_client
 
 from metricsbuf import InvalidMetricError
 from metricsbuf.testing import (
     COUNT_KEYS,
+    ITEM_OUTCOMES,
+    REQUEST_OUTCOMES,
     FakeMetricsService,
     FakeMetricsServiceProcess,
+    InMemoryMetricsClient,
     StoredPoint,
     main,
 )
+from metricsbuf.testing._knobs import KNOBS
 
 # How users enable the fixture (in their conftest.py); pytester runs a conftest that does so.
 pytest_plugins = ["metricsbuf.pytest_plugin", "pytester"]
 
 TC = "my-trial-0001"
 DAY = 24 * 3600.0
-
-
-# One session for the module: botocore caches the loaded service model in it.
-SESSION = get_session()
-
-
-@asynccontextmanager
-async def metrics_client(endpoint_url: str, *, validate: bool = True) -> AsyncIterator[Any]:
-    """A real aiobotocore sagemaker-metrics client with botocore's retries off."""
-    config = AioConfig(retries={"total_max_attempts": 1}, parameter_validation=validate)
-    async with SESSION.create_client(
-        "sagemaker-metrics",
-        region_name="us-east-1",
-        endpoint_url=endpoint_url,
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-        config=config,
-        verify=False,  # plain http; spares loading the CA bundle (~40 ms) before the first request
-    ) as client:
-        yield client
-
-
-def item(name: str = "loss", value: Any = 1.0, step: int | None = 0, ts: Any = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"MetricName": name, "Value": value, "Timestamp": time.time() if ts is None else ts}
-    if step is not None:
-        out["Step"] = step
-    return out
 
 
 async def put(client: Any, data: list[dict[str, Any]], tc: str = TC) -> list[dict[str, Any]]:
@@ -76,13 +54,6 @@ async def outcome(client: Any, data: list[dict[str, Any]], tc: str = TC) -> Any:
         return (exc.response["Error"]["Code"], exc.response["ResponseMetadata"]["HTTPStatusCode"])
     except (EndpointConnectionError, ConnectionClosedError) as exc:
         return type(exc).__name__
-
-
-REQUEST_OUTCOMES = (
-    *("ok", "throttled", "server_error", "reset", "ambiguous_reset"),
-    *("invalid_request", "resource_not_found"),
-)
-ITEM_OUTCOMES = ("stored", "VALIDATION_ERROR", "METRIC_LIMIT_EXCEEDED", "INTERNAL_ERROR", "CONFLICT_ERROR")
 
 
 def assert_counts_add_up(svc: FakeMetricsService) -> None:
@@ -486,6 +457,15 @@ def test_options_are_validated_up_front() -> None:
     assert svc.internal_error_rate == 0.0  # nothing applied
     with pytest.raises(RuntimeError, match="not running"):
         _ = svc.endpoint_url
+
+
+@pytest.mark.parametrize("cls", [FakeMetricsService, FakeMetricsServiceProcess, InMemoryMetricsClient])
+def test_each_explicit_signature_lists_every_option_with_its_default(cls: type) -> None:
+    parameters = inspect.signature(cls).parameters
+    for name, knob in KNOBS.items():
+        assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert parameters[name].default == knob.default, name
+    assert cls.__doc__ is not None and all(f"{name} (default" in cls.__doc__ for name in KNOBS)
 
 
 async def test_control_endpoints(svc: FakeMetricsService) -> None:

@@ -21,6 +21,34 @@ Code that builds its own client (or runs in a subprocess) can be pointed at the 
 the environment: ``monkeypatch.setenv(...)`` for each item of ``svc.environ()``
 (``AWS_ENDPOINT_URL_SAGEMAKER_METRICS``, fake credentials, a region).
 
+In memory, with no HTTP
+-----------------------
+Code that takes a client object can be tested with no server and no ports at all:
+`InMemoryMetricsClient` is the same service behind an ``async batch_put_metrics(**kwargs)``
+method, with the same options, rules, fault draws, counts and queries (as httpx's
+``MockTransport`` stands in for the network)::
+
+    from metricsbuf import MetricsLogger
+    from metricsbuf.testing import InMemoryMetricsClient
+
+    async def test_training_loop_logs_every_step() -> None:
+        client = InMemoryMetricsClient(throttle_rate=0.1, internal_error_rate=0.2, seed=7)
+        async with MetricsLogger("my-run", client=client, backoff_initial=0.01) as metrics:
+            for step in range(100):
+                await metrics.log("loss", 1 / (step + 1), step=step)
+        assert [p.step for p in client.series("my-run", "loss")] == list(range(100))
+        assert not client.duplicates()
+
+Each call goes through botocore's own parameter validation (``parameter_validation=False``
+turns it off, as ``AioConfig`` does) and serializer, so the service sees the very body a real
+client would send, and the answer comes back as aiobotocore returns or raises it: the same
+``ClientError`` (``ThrottlingException``, ``InternalFailure``, ...), and the same
+``EndpointConnectionError`` / ``ConnectionClosedError`` for the two kinds of dropped
+connection, so code under test (metricsbuf's retry policy included) classifies them alike.
+It behaves like a client made with ``AioConfig(retries={"total_max_attempts": 1})``, and no
+transport resends anything: ``counts["requests"]`` is exactly the calls made. An optional
+``handler`` scripts particular answers (see `InMemoryMetricsClient`).
+
 pytest fixture
 --------------
 Enable the plugin in a ``conftest.py`` (pytest and pytest-asyncio are needed only then)::
@@ -66,39 +94,48 @@ fake keeps every point, repeats included: duplicates from retries stay visible
 
 The order in which a request is handled and faults are drawn
 ------------------------------------------------------------
-1. ``latency`` seconds of ``asyncio.sleep`` (after reading the body).
-2. One draw ``u = rng.random()``, always made, picks at most one whole-request fault from
+1. ``latency`` seconds of ``asyncio.sleep`` (after reading the body). `InMemoryMetricsClient`
+   then asks its ``handler``, if any: a request the handler answers skips the steps below
+   and makes no draw.
+2. The rate limit, if ``rate_limit`` is set: a token bucket shared by every client of this
+   service (every process using one `FakeMetricsServiceProcess`, every caller of one
+   `InMemoryMetricsClient`), refilled at ``rate_limit`` tokens a second up to
+   ``rate_limit_burst``, and full at the start (and after `clear` or a change of either
+   option). A request that finds no whole token gets HTTP 400 ``ThrottlingException``,
+   as the random ``throttle_rate`` fault does, but is counted as ``rate_limited``; it makes
+   no draw.
+3. One draw ``u = rng.random()``, always made, picks at most one whole-request fault from
    consecutive ranges: ``[0, throttle_rate)`` HTTP 400 ``ThrottlingException``; then
    ``server_error_rate`` (its first half HTTP 500 ``InternalFailure``, its second half HTTP
    503 ``ServiceUnavailable``); then ``reset_rate`` (the connection is dropped, nothing
    stored: a TCP RST in the first half of the range, a plain close in the second); then
    ``ambiguous_reset_rate`` (decided now, RST or close split the same way, carried out in
-   step 5). If the rates add up to more than 1, the ones earlier in this list win.
-3. Whole-request validation (above), then ``known_trial_components``. A request rejected
-   here draws nothing more, and an ambiguous reset drawn in step 2 is not carried out.
-4. Per item, in index order, one draw ``v = rng.random()``, always made, then the first
+   step 6). If the rates add up to more than 1, the ones earlier in this list win.
+4. Whole-request validation (above), then ``known_trial_components``. A request rejected
+   here draws nothing more, and an ambiguous reset drawn in step 3 is not carried out.
+5. Per item, in index order, one draw ``v = rng.random()``, always made, then the first
    that applies: ``VALIDATION_ERROR`` (invalid item); ``METRIC_LIMIT_EXCEEDED`` (the trial
    component already holds ``metric_limit`` distinct names and this name is new);
    ``INTERNAL_ERROR`` if ``v < internal_error_rate``; ``CONFLICT_ERROR`` if
    ``v < internal_error_rate + conflict_error_rate``; otherwise the point is stored.
    An item with an error is never stored, and a name counts toward ``metric_limit`` only
    once one of its points is stored.
-5. If step 2 chose an ambiguous reset, the connection is reset now, after storing, without
+6. If step 3 chose an ambiguous reset, the connection is reset now, after storing, without
    a response; otherwise HTTP 200 ``{"Errors": [{"Code": ..., "MetricIndex": i}, ...]}``
    (``{"Errors": []}`` when every item was stored).
 
-Because each request consumes exactly ``1 + len(MetricData)`` draws when it passes step 3
-and 1 otherwise, the same seed and the same sequence of requests give the same faults
-whatever the rates. With concurrent requests the arrival order (hence the draws each
-request gets) can vary between runs; send sequentially to replay exactly.
+Because each request consumes exactly ``1 + len(MetricData)`` draws when it passes step 4
+and 1 otherwise (0 if the rate limit or a handler answered it), the same seed and the same
+sequence of admitted requests give the same faults whatever the rates. With concurrent requests the arrival
+order (hence the draws each request gets) can vary between runs; send sequentially to
+replay exactly.
 
 Each of the steps is counted in ``svc.counts`` (a `collections.Counter`; the keys and their
-meaning are in `COUNT_KEYS`), so a test can account for every point::
+meaning are in `COUNT_KEYS`), and every request and every item ends in exactly one outcome,
+so a test can account for every point::
 
-    svc.counts["requests"] == sum(svc.counts[k] for k in ("ok", "throttled", "server_error",
-        "reset", "ambiguous_reset", "invalid_request", "resource_not_found"))
-    svc.counts["items"] == sum(svc.counts[k] for k in ("stored", "VALIDATION_ERROR",
-        "METRIC_LIMIT_EXCEEDED", "INTERNAL_ERROR", "CONFLICT_ERROR"))
+    svc.counts["requests"] == sum(svc.counts[k] for k in REQUEST_OUTCOMES)  # once all are answered
+    svc.counts["items"] == sum(svc.counts[k] for k in ITEM_OUTCOMES)
 
 How clients see the faults
 --------------------------
@@ -134,22 +171,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._fake_service import (
-    COUNT_KEYS,
-    FakeMetricsService,
-    FakeMetricsServiceProcess,
-    ServiceState,
-    StoredPoint,
-    main,
-)
+from ._memory import BatchPutMetricsCall, InMemoryMetricsClient
+from ._process import FakeMetricsServiceProcess, main
+from ._records import ServiceState, StoredPoint
+from ._rules import COUNT_KEYS, ITEM_OUTCOMES, REQUEST_OUTCOMES
+from ._server import FakeMetricsService
 
 if TYPE_CHECKING:
-    from .pytest_plugin import fake_metrics_service as fake_metrics_service
+    from ..pytest_plugin import fake_metrics_service as fake_metrics_service
 
 __all__ = [
+    "BatchPutMetricsCall",
     "COUNT_KEYS",
     "FakeMetricsService",
     "FakeMetricsServiceProcess",
+    "ITEM_OUTCOMES",
+    "InMemoryMetricsClient",
+    "REQUEST_OUTCOMES",
     "ServiceState",
     "StoredPoint",
     "main",
@@ -161,11 +199,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # The pytest fixture, imported (with pytest) only when asked for.
     if name == "fake_metrics_service":
-        from .pytest_plugin import fake_metrics_service
+        from ..pytest_plugin import fake_metrics_service
 
         return fake_metrics_service
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
