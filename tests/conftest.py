@@ -111,3 +111,11 @@ def count_pacer_turns(metrics: Any, monkeypatch: pytest.MonkeyPatch) -> list[int
 
     monkeypatch.setattr(metrics._pacer, "turn", counting_turn)
     return turns
+
+
+async def flusher_ended(timeout: float = 5.0) -> None:
+    """Waits until the (one) running logger's flusher task has ended: no fixed sleep that a
+    loaded machine could outlast."""
+    flusher = next(t for t in asyncio.all_tasks() if t.get_name().startswith("metricsbuf-flusher"))
+    await asyncio.wait([flusher], timeout=timeout)
+    assert flusher.done(), "the flusher did not end"

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
-from conftest import FakeClient, assert_accounted
+from conftest import FakeClient, assert_accounted, flusher_ended
 
 import metricsbuf._logger
 from metricsbuf import (
@@ -177,7 +177,7 @@ async def test_flusher_cancelled_from_outside_makes_calls_raise_and_close_still_
     await asyncio.sleep(0.01)  # two batches in flight, one partial queued
     flusher = next(t for t in asyncio.all_tasks() if t.get_name().startswith("metricsbuf-flusher"))
     flusher.cancel()
-    await asyncio.sleep(0.01)
+    await flusher_ended()
     with pytest.raises(LoggerClosedError, match="cancelled"):
         await metrics.log("loss", 1.0)
     with pytest.raises(LoggerClosedError, match="cancelled"):
@@ -361,7 +361,7 @@ async def test_body_exception_is_not_replaced_by_a_dead_flusher(
     with pytest.raises(ValueError, match="the body's own error") as raised:
         async with MetricsLogger("run-1", client=client) as metrics:
             metrics.log_nowait("loss", 1.0)
-            await asyncio.sleep(0.01)
+            await flusher_ended()
             raise ValueError("the body's own error")
     assert "flusher died" in caplog.text
     if sys.version_info >= (3, 11):  # the logger's failure is attached to the body's exception as a note

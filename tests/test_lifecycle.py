@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import FakeClient, assert_accounted
+from conftest import FakeClient, assert_accounted, flusher_ended
 
 from metricsbuf import CLOSE_TIMEOUT, FLUSHER_CRASHED, LoggerClosedError, MetricsBufError, MetricsLogger
 from metricsbuf._accumulator import Accumulator
@@ -191,7 +191,7 @@ async def test_dead_flusher_makes_calls_raise_instead_of_hanging(
     monkeypatch.setattr(Accumulator, "wait_until_batch_due", broken)
     await metrics.start()
     metrics.log_nowait("loss", 1.0)
-    await asyncio.sleep(0.01)
+    await flusher_ended()
     with pytest.raises(LoggerClosedError, match="flusher died"):
         await metrics.log("loss", 2.0)
     with pytest.raises(LoggerClosedError, match="flusher died"):
