@@ -82,9 +82,6 @@ SCHEMA_VERSION = 1  # what a new spool is
 NEGATIVE_ZERO_VERSION = 2  # a spool holding a -0.0 (as the blob '-0'); otherwise the same as 1
 _READABLE_VERSIONS = (SCHEMA_VERSION, NEGATIVE_ZERO_VERSION)
 
-PENDING = 0
-DEAD = 1
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
     id INTEGER PRIMARY KEY,
