@@ -6,7 +6,7 @@
     ├── LoggerClosedError   the logger was closed, or its flusher died
     ├── TrialComponentNotFoundError  (in _sagemaker_job.py) no name given, and none found at start
     ├── SageMakerJobError   (in _sagemaker_job.py) inside a SageMaker job, its Describe call failed
-    └── SpoolError          (in _spool_lock.py, importable from _spool) a spool cannot be opened, read or written; names the path
+    └── SpoolError          (in _spool_lock.py) a spool cannot be opened, read or written; names the path
         └── SpoolLockedError    another process (or logger) has the spool open
 
 Delivery failures are not raised: they are reported as FailedMetric records
