@@ -1,9 +1,9 @@
 """The body of the Lightning logger, shared by ``lightning.pytorch`` and ``pytorch_lightning``.
 
-The two packages ship separate copies of Lightning (their ``Logger`` classes differ), but both
-take ``rank_zero_only`` from ``lightning_utilities``, one function object whose ``rank`` the
-Trainer's strategy sets to its global rank. `lightning.py` and `pytorch_lightning.py` each mix
-this class into their package's ``Logger``.
+The two packages ship separate copies of Lightning (their ``Logger`` classes differ). Each
+subclass names its package's ``rank_zero_only`` (whose ``rank`` the Trainer's strategy sets to
+the global rank), and the hooks apply it at the call: `lightning.py` and `pytorch_lightning.py`
+each mix this class into their package's ``Logger``.
 """
 
 from __future__ import annotations
@@ -11,33 +11,21 @@ from __future__ import annotations
 import functools
 from argparse import Namespace
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from ._common import MetricsWriter, SyncLogger, log
-
-try:
-    from lightning_utilities.core.rank_zero import rank_zero_only
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "metricsbuf.integrations.lightning needs Lightning: pip install 'metricsbuf[lightning]'"
-    ) from exc
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _current_rank() -> int:
-    return int(getattr(rank_zero_only, "rank", 0))
-
-
 def rank_zero_unless_all_ranks(fn: _F) -> _F:
-    """Lightning's ``@rank_zero_only`` for a logger built with all_ranks=False (the default)."""
-    gated = rank_zero_only(fn)
+    """The package's own ``@rank_zero_only``, unless the logger was built with all_ranks=True."""
 
     @functools.wraps(fn)
     def wrapper(self: MetricsBufLoggerBody, *args: Any, **kwargs: Any) -> Any:
         if self._writer.all_ranks:
             return fn(self, *args, **kwargs)
-        return gated(self, *args, **kwargs)
+        return self._rank_zero_only(fn)(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
@@ -79,6 +67,8 @@ class MetricsBufLoggerBody:
     """
 
     LOGGER_JOIN_CHAR = "-"
+    # The Lightning package's rank_zero_only (lightning.pytorch's or pytorch_lightning's).
+    _rank_zero_only: ClassVar[Callable[..., Any]]
 
     def __init__(
         self,
@@ -102,6 +92,9 @@ class MetricsBufLoggerBody:
         self.hyperparams: dict[str, Any] = {}
         """Every hyperparameter given to ``log_hyperparams``: kept here, never sent as metrics."""
 
+    def _rank(self) -> int:
+        return int(getattr(self._rank_zero_only, "rank", 0))
+
     @property
     def name(self) -> str:
         """The trial component, when named up front (argument or the given logger); else "metricsbuf".
@@ -122,16 +115,16 @@ class MetricsBufLoggerBody:
         On a rank that does not log, an object whose methods do nothing, as Lightning's own
         loggers return. Use it to log more: ``self.logger.experiment.log("x", 1.0, step=...)``.
         """
-        if self._writer.all_ranks or _current_rank() == 0:
+        if self._writer.all_ranks or self._rank() == 0:
             return self._writer.open()
         return _NoOpLogger()
 
     @rank_zero_unless_all_ranks
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        rank = _current_rank() if self._writer.all_ranks else None
+        rank = self._rank() if self._writer.all_ranks else None
         self._writer.write(metrics, step, rank=rank)
 
-    @rank_zero_only  # type: ignore[untyped-decorator,unused-ignore]
+    @rank_zero_unless_all_ranks
     def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
         """Keeps the hyperparameters in ``self.hyperparams`` and logs them once at INFO; sends nothing.
 

@@ -27,6 +27,7 @@ from ._lightning_base import MetricsBufLoggerBody
 
 try:
     from lightning.pytorch.loggers import Logger
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "metricsbuf.integrations.lightning needs lightning.pytorch: pip install 'metricsbuf[lightning]'"
@@ -37,3 +38,4 @@ __all__ = ["MetricsBufLogger"]
 
 class MetricsBufLogger(MetricsBufLoggerBody, Logger):  # type: ignore[misc]
     __doc__ = MetricsBufLoggerBody.__doc__
+    _rank_zero_only = staticmethod(rank_zero_only)

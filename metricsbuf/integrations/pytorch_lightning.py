@@ -27,6 +27,7 @@ from ._lightning_base import MetricsBufLoggerBody
 
 try:
     from pytorch_lightning.loggers import Logger
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "metricsbuf.integrations.pytorch_lightning needs pytorch_lightning: "
@@ -38,3 +39,4 @@ __all__ = ["MetricsBufLogger"]
 
 class MetricsBufLogger(MetricsBufLoggerBody, Logger):  # type: ignore[misc]
     __doc__ = MetricsBufLoggerBody.__doc__
+    _rank_zero_only = staticmethod(rank_zero_only)
