@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 from recording import RecordingLogger
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
 from metricsbuf import InvalidMetricError
 from metricsbuf.integrations.huggingface import MetricsBufCallback
@@ -151,3 +151,22 @@ def test_refuses_a_logger_with_options() -> None:
         MetricsBufCallback(logger=RecordingLogger(), max_batch_size=5)
     with pytest.raises(InvalidMetricError, match="trial_component_name"):
         MetricsBufCallback("Not Lowercase")
+
+
+class FailAtStep(TrainerCallback):
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == 3:
+            raise RuntimeError("boom")
+
+
+def test_after_an_exception_no_hook_runs_and_the_logger_stays_open(
+    tmp_path: Path, sync_metrics_logger_class: type[RecordingLogger]
+) -> None:
+    """What the Trainer does (documented in the module): on_train_end only on a normal return."""
+    trainer = make_trainer(tmp_path, MetricsBufCallback(), eval_strategy="no")
+    trainer.add_callback(FailAtStep())
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.train()
+    [logger] = sync_metrics_logger_class.built
+    assert logger.steps("loss") == [2]
+    assert not logger.closed  # left to the logger's own exit handling

@@ -105,3 +105,21 @@ def test_refuses_bad_options() -> None:
         MetricsBufCallback(logger=RecordingLogger(), update_freq="step")
     with pytest.raises(InvalidMetricError, match="rank"):
         MetricsBufCallback(logger=RecordingLogger(), rank=-1)
+
+
+def test_after_an_exception_in_fit_the_logger_stays_open(
+    sync_metrics_logger_class: type[RecordingLogger],
+) -> None:
+    """What Keras does (documented in the module): on_train_end only when fit returns normally."""
+
+    def fail(epoch: int, logs: Any) -> None:
+        if epoch == 1:
+            raise RuntimeError("boom")
+
+    x, y = data()
+    callbacks = [MetricsBufCallback(), keras.callbacks.LambdaCallback(on_epoch_end=fail)]
+    with pytest.raises(RuntimeError, match="boom"):
+        make_model().fit(x, y, epochs=EPOCHS, batch_size=8, verbose=0, callbacks=callbacks)
+    [logger] = sync_metrics_logger_class.built
+    assert logger.steps("loss") == [0, 1]
+    assert not logger.closed  # left to the logger's own exit handling

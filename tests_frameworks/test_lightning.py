@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import pickle
+import signal
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -33,15 +35,24 @@ def flavour(request: pytest.FixtureRequest) -> tuple[ModuleType, ModuleType]:
 
 def define_module_class(pl: ModuleType) -> type[Any]:
     class TinyRegression(pl.LightningModule):  # type: ignore[misc,name-defined]
-        def __init__(self, lr: float = 0.05, hidden: int = 3, fail_at_step: int | None = None) -> None:
+        def __init__(
+            self,
+            lr: float = 0.05,
+            hidden: int = 3,
+            fail_at_step: int | None = None,
+            sigterm_at_step: int | None = None,
+        ) -> None:
             super().__init__()
-            self.save_hyperparameters(ignore=["fail_at_step"])
+            self.save_hyperparameters(ignore=["fail_at_step", "sigterm_at_step"])
             self.fail_at_step = fail_at_step
+            self.sigterm_at_step = sigterm_at_step
             self.net = torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.Linear(hidden, 1))
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             if self.global_step == self.fail_at_step:
                 raise RuntimeError("boom")
+            if self.global_step == self.sigterm_at_step:
+                os.kill(os.getpid(), signal.SIGTERM)  # as SageMaker does when a job is stopped
             x, y = batch
             loss = torch.nn.functional.mse_loss(self.net(x), y)
             self.log("train_loss", loss, on_step=True, on_epoch=True)
@@ -70,9 +81,9 @@ MODULE_CLASSES = {
 }
 
 
-def make_module(pl: ModuleType, fail_at_step: int | None = None) -> Any:
+def make_module(pl: ModuleType, **options: Any) -> Any:
     torch.manual_seed(0)
-    return MODULE_CLASSES[pl.__name__](fail_at_step=fail_at_step)
+    return MODULE_CLASSES[pl.__name__](**options)
 
 
 def loader(rows: int = 32, seed: int = 0) -> DataLoader[tuple[torch.Tensor, ...]]:
@@ -155,6 +166,20 @@ def test_an_exception_in_training_still_closes_the_logger(
     assert len(built) == 1
     assert built[0].closed  # Lightning called finalize("failed")
     assert built[0].steps("train_loss_step") == [1, 3]
+
+
+def test_sigterm_during_fit_still_closes_the_logger(
+    flavour: tuple[ModuleType, ModuleType], tmp_path: Path, sync_metrics_logger_class: type[RecordingLogger]
+) -> None:
+    """Lightning catches SIGTERM during fit, stops at the next batch and finalizes its loggers."""
+    pl, adapter = flavour
+    built = sync_metrics_logger_class.built
+    trainer = make_trainer(pl, adapter.MetricsBufLogger(), tmp_path, val_check_interval=None)
+    with pytest.raises(pl.utilities.exceptions.SIGTERMException):
+        trainer.fit(make_module(pl, sigterm_at_step=2), loader())
+    assert len(built) == 1 and built[0].closed
+    assert built[0].steps("train_loss_step") == [1]  # what was logged before the signal
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Lightning restored the handler
 
 
 def test_all_ranks_suffixes_the_global_rank(
