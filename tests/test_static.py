@@ -21,5 +21,5 @@ def test_mypy_strict() -> None:
 
 
 def test_ruff() -> None:
-    result = run("ruff", "check", "metricsbuf", "tests", "benchmarks")
+    result = run("ruff", "check", "metricsbuf", "tests", "tests_frameworks", "benchmarks")
     assert result.returncode == 0, result.stdout + result.stderr
