@@ -49,12 +49,7 @@ from ._models import FailedMetric, MetricsStats
 from ._options import LoggerOptions, NonFinite, OnFull
 from ._pacing import StepPacer
 from ._reporting import FailureCallback, log
-from ._sagemaker_job import (
-    TRIAL_COMPONENT_ENV,
-    ResolvedTrialComponent,
-    TrialComponentNotFoundError,
-    resolve_trial_component,
-)
+from ._sagemaker_job import find_trial_component
 from ._sender import Sender
 from ._shielding import wait_through_cancellation
 from ._spool import SpoolError
@@ -564,30 +559,12 @@ class MetricsLogger:
         return self._trial_component_source
 
     async def _find_trial_component(self) -> None:
-        """Names the trial component at start: the argument, the environment, or the SageMaker job.
-
-        Raises:
-            TrialComponentNotFoundError: none of them gives one (the message lists what was tried).
-            SageMakerJobError: inside a job, its Describe call was denied or kept failing.
-            InvalidMetricError: the name found breaks the service's rule (says where it came from).
-        """
-        if self._trial_component is not None:
-            resolved = ResolvedTrialComponent(self._trial_component, "argument")
-        elif self._options.offline:  # never touches the network: the environment only
-            name = os.environ.get(TRIAL_COMPONENT_ENV)
-            if not name:
-                raise TrialComponentNotFoundError(
-                    ("the trial_component_name argument: not given", f"{TRIAL_COMPONENT_ENV}: not set"),
-                    "offline=True never touches the network, so it does not ask a SageMaker job",
-                )
-            resolved = ResolvedTrialComponent(name, f"environment:{TRIAL_COMPONENT_ENV}")
-        else:
-            resolved = await resolve_trial_component(None, region_name=self._options.region_name)
-        try:
-            name = v.check_trial_component_name(resolved.name)
-        except InvalidMetricError as exc:
-            raise InvalidMetricError(f"{exc} (found from {resolved.source})") from None
-        self._trial_component, self._trial_component_source = name, resolved.source
+        """Names the trial component at start (see _sagemaker_job.find_trial_component)."""
+        resolved = await find_trial_component(
+            self._trial_component, offline=self._options.offline, region_name=self._options.region_name
+        )
+        name = self._trial_component = resolved.name
+        self._trial_component_source = resolved.source
         for part in (self._ledger, self._ledger.reporter, self._accumulator, self._spool):
             if part is not None:
                 part.trial_component = name

@@ -37,8 +37,9 @@ from typing import Any, Literal, Protocol
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
-from ._exceptions import MetricsBufError
+from ._exceptions import InvalidMetricError, MetricsBufError
 from ._retry_policy import classify_exception
+from ._validation import check_trial_component_name
 
 log = logging.getLogger("metricsbuf")
 
@@ -209,6 +210,38 @@ def _processing_job_arn(path: Path) -> str:
             "MalformedJobConfig",
         )
     return arn
+
+
+async def find_trial_component(
+    name: str | None, *, offline: bool, region_name: str | None
+) -> ResolvedTrialComponent:
+    """The trial component a logger uses, checked against the service's rule (for MetricsLogger.start).
+
+    ``name`` is the logger's argument (already checked), or None to find one. Offline the logger
+    never touches the network, so it does not ask a SageMaker job: only the environment counts.
+
+    Raises:
+        TrialComponentNotFoundError: none was found (the message lists what was tried).
+        SageMakerJobError: inside a job, its Describe call was denied or kept failing.
+        InvalidMetricError: the name found breaks the service's rule (says where it came from).
+    """
+    if name is not None:
+        return ResolvedTrialComponent(name, "argument")
+    if offline:
+        from_env = os.environ.get(TRIAL_COMPONENT_ENV)
+        if not from_env:
+            raise TrialComponentNotFoundError(
+                ("the trial_component_name argument: not given", f"{TRIAL_COMPONENT_ENV}: not set"),
+                "offline=True never touches the network, so it does not ask a SageMaker job",
+            )
+        resolved = ResolvedTrialComponent(from_env, f"environment:{TRIAL_COMPONENT_ENV}")
+    else:
+        resolved = await resolve_trial_component(None, region_name=region_name)
+    try:
+        checked = check_trial_component_name(resolved.name)
+    except InvalidMetricError as exc:
+        raise InvalidMetricError(f"{exc} (found from {resolved.source})") from None
+    return ResolvedTrialComponent(checked, resolved.source, resolved.job)
 
 
 async def resolve_trial_component(

@@ -1,24 +1,12 @@
-"""A Lightning logger for the standalone ``pytorch_lightning`` package (2.x): metrics to SageMaker Metrics.
+"""`metricsbuf.integrations.lightning`'s logger, for the standalone ``pytorch_lightning`` package.
 
     from metricsbuf.integrations.pytorch_lightning import MetricsBufLogger
 
     trainer = Trainer(max_epochs=3, logger=MetricsBufLogger())
-    trainer.fit(model, train_loader)
 
 ``lightning`` and ``pytorch_lightning`` ship separate copies of Lightning, so each has its own
-module here, with the same class: `metricsbuf.integrations.lightning` subclasses
-``lightning.pytorch.loggers.Logger`` and `metricsbuf.integrations.pytorch_lightning`
-subclasses ``pytorch_lightning.loggers.Logger``. Use the one matching your ``Trainer``.
-
-As Lightning's own loggers do, it logs only from global rank zero (``@rank_zero_only``, whose
-rank the Trainer's strategy sets), builds its logger lazily (when the Trainer first asks for
-``experiment`` while setting up a run, on that rank only) and finishes at ``finalize``, which
-Lightning calls at the end of every ``fit``, ``validate``, ``test`` and ``predict``,
-after an exception too (status ``"failed"``). ``all_ranks=True`` logs from every rank,
-suffixing each name with the global rank: ``train_loss[rank=3]``.
-
-Hyperparameters are not metrics: ``log_hyperparams`` keeps them in ``hyperparams`` and logs
-them once at INFO on the ``metricsbuf`` logger, and sends nothing.
+``Logger`` base class; this module subclasses ``pytorch_lightning.loggers.Logger`` with the same
+body (see `metricsbuf.integrations.lightning` for what it does). Use the one matching your ``Trainer``.
 """
 
 from __future__ import annotations
