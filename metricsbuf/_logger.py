@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import os
 import time
@@ -300,6 +301,11 @@ class MetricsLogger:
         if await self._close():
             raise asyncio.CancelledError
         self._raise_if_fatal()
+
+    async def _aclose_within(self, close_timeout: float) -> None:
+        """``aclose()`` with another close_timeout (SyncMetricsLogger.close(timeout), the SIGTERM drain)."""
+        self._options = dataclasses.replace(self._options, close_timeout=close_timeout)
+        await self.aclose()
 
     async def _close(self) -> bool:
         """Closes (or waits for the close in progress); returns whether the caller was cancelled meanwhile."""
