@@ -10,6 +10,7 @@ from ._exceptions import BufferFullError, InvalidMetricError, LoggerClosedError,
 from ._logger import MetricsLogger
 from ._models import CLOSE_TIMEOUT, DELIVERY_TIMEOUT, FLUSHER_CRASHED, SPOOL_ERROR, FailedMetric, MetricsStats
 from ._spool import SpoolError, SpoolLockedError
+from ._sync import SyncMetricsLogger
 
 __version__ = "0.1.0"
 
@@ -27,5 +28,6 @@ __all__ = [
     "SPOOL_ERROR",
     "SpoolError",
     "SpoolLockedError",
+    "SyncMetricsLogger",
     "__version__",
 ]

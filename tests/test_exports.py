@@ -32,5 +32,6 @@ def test_contract_names_are_exported() -> None:
         "InvalidMetricError",
         "BufferFullError",
         "LoggerClosedError",
+        "SyncMetricsLogger",
     ):
         assert name in metricsbuf.__all__
