@@ -9,6 +9,7 @@ See README.md for the options, the delivery guarantees and the error codes.
 from ._exceptions import BufferFullError, InvalidMetricError, LoggerClosedError, MetricsBufError
 from ._logger import MetricsLogger
 from ._models import CLOSE_TIMEOUT, DELIVERY_TIMEOUT, FLUSHER_CRASHED, SPOOL_ERROR, FailedMetric, MetricsStats
+from ._sigterm import drain_on_sigterm
 from ._spool import SpoolError, SpoolLockedError
 from ._sync import SyncMetricsLogger
 
@@ -30,4 +31,5 @@ __all__ = [
     "SpoolLockedError",
     "SyncMetricsLogger",
     "__version__",
+    "drain_on_sigterm",
 ]

@@ -37,6 +37,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from . import _sigterm
 from . import _validation as v
 from ._accumulator import Accumulator
 from ._buffer import Point, PointQueue
@@ -281,6 +282,7 @@ class MetricsLogger:
         self._closed = loop.create_future()
         self._flusher.start(loop)
         self._accepting = True
+        _sigterm.logger_started(self)  # the SIGTERM drain knows it (and may install itself: _sigterm.py)
 
     async def aclose(self) -> None:
         """Stops intake and drains within ``close_timeout``; what is still held then fails with CLOSE_TIMEOUT.

@@ -30,10 +30,10 @@ asyncio event loop in a daemon thread the SyncMetricsLogger owns. What it adds i
   refuses new work (``atexit`` runs too late: aiohttp's DNS lookups need the default executor).
 - **Forks.** In a forked child the loop thread does not exist: every call on the parent's
   logger raises MetricsBufError, and the exit hook skips it.
-- **Signals.** A signal handler may run in the main thread while it is inside ``log()``,
-  holding the hand-off lock, and wait there for this logger's close; so the loop thread never
-  waits for the lock for long (a second): a routine drain is retried later, and the close goes
-  on without it (the holder never resumes: the process is ending).
+- **Signals.** The SIGTERM drain (_sigterm.py) may run in the main thread while it is inside
+  ``log()``, holding the hand-off lock, and wait there for this logger's close; so the loop
+  thread never waits for the lock for long (a second): a routine drain is retried later, and the
+  close goes on without it (the holder never resumes: the process is ending).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
+from . import _sigterm
 from . import _validation as v
 from ._buffer import Point
 from ._client import MetricsClient
@@ -151,6 +152,7 @@ class SyncMetricsLogger:
             max_spool_bytes=max_spool_bytes,
             offline=offline,
         )
+        _sigterm.mark_inside_sync(logger)
         options = logger._options
         self._intake = logger._intake
         self._ledger = logger._ledger
@@ -206,6 +208,8 @@ class SyncMetricsLogger:
             if not self._close_requested.locked():  # a signal handler may have closed it already
                 self._state = _State.RUNNING
                 self._open = self._fast = True
+        if threading.current_thread() is threading.main_thread():
+            _sigterm.maybe_install_automatically()
 
     # ------------------------------------------------------------------------------------------
     # The loop thread

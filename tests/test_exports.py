@@ -33,5 +33,6 @@ def test_contract_names_are_exported() -> None:
         "BufferFullError",
         "LoggerClosedError",
         "SyncMetricsLogger",
+        "drain_on_sigterm",
     ):
         assert name in metricsbuf.__all__
