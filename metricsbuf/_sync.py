@@ -280,7 +280,11 @@ class SyncMetricsLogger:
                 self._schedule_timer()  # retried later
                 return
             points = self._points
-            batch = [points.popleft() for _ in range(len(points))]  # atomic steps even without the lock
+            if taken:
+                batch = list(points)
+                points.clear()
+            else:  # one atomic popleft at a time: nothing appended meanwhile can be lost
+                batch = [points.popleft() for _ in range(len(points))]
             rejected, self._rejected = self._rejected, []
             dropped, self._dropped = self._dropped, 0
             anything = bool(batch or rejected or dropped)
@@ -320,8 +324,15 @@ class SyncMetricsLogger:
 
     def _refill(self) -> None:
         """A sender looks for a batch (Accumulator.refill): it takes what the hand-off holds."""
-        if self._state is _State.RUNNING:
-            self._drain()  # also when empty: a short queue lowers _wake_at to a batch
+        if self._state is not _State.RUNNING:
+            return
+        if self._points or self._rejected or self._dropped:
+            self._drain()
+        elif self._timer_armed and self._wake_at > self._batch and len(self._queue) < self._batch:
+            # Nothing to take, and a sender is about to wait: the next full batch must wake it.
+            with self._locked(closing=False) as taken:
+                if taken and self._timer_armed:
+                    self._wake_at = min(self._wake_at, self._batch)
 
     async def _admit_on_loop(self, points: list[Point]) -> None:
         """A call the caller's thread could not decide: the async logger's own Intake.accept."""
