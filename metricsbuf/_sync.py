@@ -30,6 +30,9 @@ asyncio event loop in a daemon thread the SyncMetricsLogger owns. What it adds i
   refuses new work (``atexit`` runs too late: aiohttp's DNS lookups need the default executor).
 - **Forks.** In a forked child the loop thread does not exist: every call on the parent's
   logger raises MetricsBufError, and the exit hook skips it.
+- **The GIL.** The loop thread shares the GIL with the threads that log. Before each heavy step
+  of a send (StepPacer) it sleeps 20 microseconds, which lets a thread waiting for the GIL take
+  it, instead of waiting up to the switch interval (5 ms) while requests are built back to back.
 - **Signals.** The SIGTERM drain (_sigterm.py) may run in the main thread while it is inside
   ``log()``, holding the hand-off lock, and wait there for this logger's close; so the loop
   thread never waits for the lock for long (a second): a routine drain is retried later, and the
@@ -71,6 +74,8 @@ _LOCK_PATIENCE = 1.0
 # How often a caller waiting for the loop thread checks that it is still alive.
 _POLL = 0.25
 _NEVER = 1 << 62
+# Seconds the loop thread sleeps before each heavy step of a send (StepPacer.gil_pause).
+_GIL_PAUSE = 20e-6
 
 
 class _State(enum.Enum):
@@ -164,6 +169,11 @@ class SyncMetricsLogger:
         self._on_full = options.on_full
         self._spooled = options.spool_dir is not None
         self._queue = logger._accumulator.queue.points  # the points waiting for a sender
+        # Threads share the GIL: a thread that wants it back (the training loop after a GPU
+        # wait) waits until the holder drops it, up to the switch interval (5 ms) while this
+        # loop thread builds, signs and parses requests back to back. A short real sleep before
+        # each heavy step hands it over (benchmarks/SYNC_RESULTS.md measures the difference).
+        logger._pacer.gil_pause = _GIL_PAUSE
         logger._accumulator.refill = self._refill
         self._close_timeout = options.close_timeout
 
