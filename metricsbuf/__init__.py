@@ -24,7 +24,9 @@ from ._sagemaker_job import (
     in_sagemaker_job,
     process_placement,
 )
+from ._sigterm import drain_on_sigterm
 from ._spool import SpoolError, SpoolLockedError
+from ._sync import SyncMetricsLogger
 
 __version__ = "0.1.0"
 
@@ -45,8 +47,10 @@ __all__ = [
     "SageMakerJobError",
     "SpoolError",
     "SpoolLockedError",
+    "SyncMetricsLogger",
     "TrialComponentNotFoundError",
     "__version__",
+    "drain_on_sigterm",
     "in_sagemaker_job",
     "process_placement",
 ]

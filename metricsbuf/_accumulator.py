@@ -104,6 +104,9 @@ class Accumulator:
         # While the queue's head is below this position, partial batches leave at once.
         self.urgent_position: float = 0
         self.wakeup: anyio.Event | None = None  # wakes the sender waiting for the next batch
+        # Called each time a sender looks for a batch: SyncMetricsLogger pulls its hand-off in
+        # here, so that a busy loop thread needs no wake-up from the threads that log.
+        self.refill: Callable[[], None] | None = None
 
     # -- state ------------------------------------------------------------------------------
 
@@ -145,6 +148,8 @@ class Accumulator:
         queue = self.queue
         lane = self.lane
         while True:
+            if self.refill is not None:
+                self.refill()
             if queue and self.head_position() < self.urgent_position:
                 return  # flush() or close: partial batches go now
             if self.empty and no_more_points():

@@ -106,6 +106,39 @@ class Intake:
         if length == 1 or length == self.max_batch_size:
             self.wake()
 
+    # -- the synchronous logger's hand-off (SyncMetricsLogger, _sync.py): called on the loop thread
+
+    def enqueue_all(self, points: list[Point]) -> None:
+        """Counts valid points as logged and queues them in order; max_buffered was applied by the caller."""
+        self._ledger.accepted(len(points))
+        self.points.extend(points)
+        self.wake()
+
+    def record_dropped_new(self, count: int) -> None:
+        """``count`` new points dropped by on_full="drop_newest" before they were queued (logged, dropped)."""
+        for _ in range(count):
+            self._ledger.record_dropped_new()
+        self._warn_dropped(self._on_full)
+
+    def accept_now(self, points: list[Point]) -> None:
+        """:meth:`accept` for a caller that must not wait (code on the logger's own thread).
+
+        All or nothing under "block" and "raise": BufferFullError when the points do not fit now.
+        """
+        count = len(points)
+        if self._ledger.held + count <= self.max_buffered or self._spill_to_disk(count):
+            for point in points:
+                self.enqueue(point)
+        elif self._on_full in ("block", "raise"):
+            raise BufferFullError(
+                f"{self._ledger.held} points held (max_buffered={self.max_buffered}); none of the "
+                f"{count} points {', '.join(repr(p[NAME]) for p in points)} was logged (on_full="
+                f"{self._on_full!r}, called from the logger's own thread, which cannot wait)"
+            )
+        else:
+            for point in points:
+                self.accept_nowait(point)
+
     async def accept(self, points: list[Point]) -> None:
         """Queues valid points, first applying max_buffered: spill to disk, wait for room, or on_full.
 

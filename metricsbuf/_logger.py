@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import os
 import time
@@ -36,6 +37,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from . import _sigterm
 from . import _validation as v
 from ._accumulator import Accumulator
 from ._buffer import Point, PointQueue
@@ -287,6 +289,7 @@ class MetricsLogger:
         self._closed = loop.create_future()
         self._flusher.start(loop)
         self._accepting = True
+        _sigterm.logger_started(self)  # the SIGTERM drain knows it (and may install itself: _sigterm.py)
 
     async def aclose(self) -> None:
         """Stops intake and drains within ``close_timeout``; what is still held then fails with CLOSE_TIMEOUT.
@@ -307,6 +310,11 @@ class MetricsLogger:
         if await self._close():
             raise asyncio.CancelledError
         self._raise_if_fatal()
+
+    async def _aclose_within(self, close_timeout: float) -> None:
+        """``aclose()`` with another close_timeout (SyncMetricsLogger.close(timeout), the SIGTERM drain)."""
+        self._options = dataclasses.replace(self._options, close_timeout=close_timeout)
+        await self.aclose()
 
     async def _close(self) -> bool:
         """Closes (or waits for the close in progress); returns whether the caller was cancelled meanwhile."""

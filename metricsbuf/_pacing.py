@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 
 
@@ -20,6 +21,9 @@ class StepPacer:
     def __init__(self) -> None:
         self._busy = False  # a step runs (or is granted to run) in this iteration
         self._waiters: deque[asyncio.Future[None]] = deque()
+        # Seconds the loop's thread sleeps before each heavy step, releasing the GIL long enough
+        # for a waiting thread to take it (SyncMetricsLogger's loop thread; 0: never).
+        self.gil_pause = 0.0
 
     async def turn(self) -> None:
         """Returns when the caller may run its step: at once, or in a later iteration."""
@@ -35,6 +39,9 @@ class StepPacer:
         else:
             self._busy = True
         self._hand_on()
+        if self.gil_pause:
+            # Blocks this loop on purpose, briefly: the GIL is free meanwhile (see gil_pause).
+            time.sleep(self.gil_pause)  # noqa: ASYNC251
 
     def _hand_on(self) -> None:
         """Grants the next iteration's turn: to the first waiter, else to whoever comes then."""

@@ -42,6 +42,8 @@ def test_contract_names_are_exported() -> None:
         "InvalidMetricError",
         "BufferFullError",
         "LoggerClosedError",
+        "SyncMetricsLogger",
+        "drain_on_sigterm",
     ):
         assert name in metricsbuf.__all__
 

@@ -1,0 +1,297 @@
+"""A worker process for benchmarks/sync.py: one contender in a plain synchronous training loop.
+
+    python benchmarks/_sync_worker.py --contender sync_metricsbuf|sagemaker_sdk
+
+Reads one JSON command per line on stdin and answers one JSON line on stdout (as _worker.py):
+
+    {"cmd": "run", "endpoint": URL, "tc": NAME, "n": N, "switch_interval": S or null, "gil_pause": S or null}
+    {"cmd": "floor", "seconds": S, "mode": "alone" | "loop" | "python thread" | "CPU only"}
+    {"cmd": "reference", "endpoint": URL, "tc": NAME, "n": N}   (the async logger, for comparison)
+
+each answered {"ok": true, "result": {...}} (or {"ok": false, "error": ...}).
+
+The loop (every contender alike):
+
+    for step in range(N // 4):
+        value = 1.0 / (step + 1)
+        t0 = perf_counter()
+        for name in NAMES:
+            <the contender's logging call>
+        producer_time += perf_counter() - t0
+        time.sleep(0)        # a training step lets other threads run (GPU waits, data loading)
+
+A ticker thread sleeps 1 ms at a time for the whole window and records how late each wake-up
+is: a thread that gave up the GIL (as a training step does around GPU work) waits that long to
+get it back while the logger's background thread holds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import _workloads as w
+
+
+class ThreadTicker:
+    """A thread that sleeps 1 ms at a time and records the lateness of each wake-up."""
+
+    PERIOD = 0.001
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self.collections: list[tuple[int, float]] = []  # (generation, seconds)
+        self._gc_started = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.collections.append((info["generation"], time.perf_counter() - self._gc_started))
+
+    def _run(self) -> None:
+        pc = time.perf_counter
+        sleep = time.sleep
+        delays = self.delays
+        period = self.PERIOD
+        stop = self._stop
+        while not stop.is_set():
+            t = pc()
+            sleep(period)
+            delays.append(pc() - t - period)
+
+    def start(self) -> None:
+        gc.collect()  # the setup's garbage is paid before the window opens, for every contender alike
+        gc.callbacks.append(self._on_gc)
+        self._thread = threading.Thread(target=self._run, name="ticker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+        gc.callbacks.remove(self._on_gc)
+
+    def summary(self) -> dict[str, float]:
+        d = sorted(self.delays)
+        full = [s for g, s in self.collections if g == 2]
+        return {
+            "gil_max": d[-1] if d else float("nan"),
+            "gil_p99": d[min(len(d) - 1, int(0.99 * len(d)))] if d else float("nan"),
+            "gil_over_4ms": sum(1 for x in d if x > 0.004),
+            "ticks": len(d),
+            "gc_full_collections": len(full),
+            "gc_longest_full": max(full, default=0.0),
+        }
+
+
+def _thread_cpu(native_id: int | None) -> float:
+    """CPU seconds (user + system) used so far by the thread with that native id (psutil)."""
+    import psutil
+
+    for thread in psutil.Process().threads():
+        if thread.id == native_id:
+            return float(thread.user_time + thread.system_time)
+    return float("nan")
+
+
+def run_sync_metricsbuf(endpoint: str, tc: str, n: int) -> dict[str, Any]:
+    import metricsbuf
+
+    steps = n // len(w.NAMES)
+    ticker = ThreadTicker()
+    with metricsbuf.SyncMetricsLogger(
+        tc, region_name=w.REGION, endpoint_url=endpoint, max_in_flight=w.IN_FLIGHT
+    ) as metrics:
+        log = metrics.log
+        loop_thread = metrics._thread.native_id
+        loop_cpu0 = _thread_cpu(loop_thread)
+        ticker.start()
+        pc = time.perf_counter
+        sleep = time.sleep
+        names = w.NAMES
+        producer = 0.0
+        cpu0 = time.process_time()
+        t_start = pc()
+        for step in range(steps):
+            value = 1.0 / (step + 1)
+            t0 = pc()
+            for name in names:
+                log(name, value, step=step)
+            producer += pc() - t0
+            sleep(0)
+        t_produced = pc()
+        backlog = metrics.stats.pending
+        metrics.flush()
+        t_end = pc()
+        cpu = time.process_time() - cpu0
+        ticker.stop()
+        loop_cpu = _thread_cpu(loop_thread) - loop_cpu0
+        stats = metrics.stats
+    return {
+        "producer_time": producer,
+        "elapsed": t_end - t_start,
+        "produce_elapsed": t_produced - t_start,
+        "cpu": cpu,
+        "loop_thread_cpu": loop_cpu,
+        "backlog_at_end_of_loop": backlog,
+        "client_stats": {"logged": stats.logged, "delivered": stats.delivered, "requests": stats.requests},
+        **ticker.summary(),
+    }
+
+
+def run_sagemaker_sdk(endpoint: str, tc: str, n: int) -> dict[str, Any]:
+    steps = n // len(w.NAMES)
+    manager = w.make_sdk_manager(endpoint, tc)
+    log_metric = manager.log_metric
+    errors = 0
+    ticker = ThreadTicker()
+    ticker.start()
+    pc = time.perf_counter
+    sleep = time.sleep
+    names = w.NAMES
+    producer = 0.0
+    cpu0 = time.process_time()
+    t_start = pc()
+    for step in range(steps):
+        value = 1.0 / (step + 1)
+        t0 = pc()
+        for name in names:
+            try:  # a plain Exception on any per-index error (the batch is lost); the loop goes on
+                log_metric(name, value, step=step)
+            except Exception:
+                errors += 1
+        producer += pc() - t0
+        sleep(0)
+    t_produced = pc()
+    backlog = len(manager.sink._buffer)
+    t0 = pc()
+    try:
+        manager.close()  # sends the last partial batch, on the caller's thread
+    except Exception:
+        errors += 1
+    t_end = pc()
+    producer += t_end - t0
+    cpu = time.process_time() - cpu0
+    ticker.stop()
+    return {
+        "producer_time": producer,
+        "elapsed": t_end - t_start,
+        "produce_elapsed": t_produced - t_start,
+        "cpu": cpu,
+        "loop_thread_cpu": 0.0,
+        "backlog_at_end_of_loop": backlog,
+        "client_stats": {"raised": errors},
+        **ticker.summary(),
+    }
+
+
+RUNNERS = {"sync_metricsbuf": run_sync_metricsbuf, "sagemaker_sdk": run_sagemaker_sdk}
+
+
+def _busy_python(stop: threading.Event) -> None:
+    while not stop.is_set():
+        sum(range(1000))  # pure Python: holds the GIL except at forced switches
+
+
+def _busy_without_gil(stop: threading.Event) -> None:
+    import hashlib
+
+    data = bytes(1 << 20)
+    while not stop.is_set():
+        hashlib.sha256(data).digest()  # releases the GIL while it hashes: CPU load only
+
+
+def floor(seconds: float, mode: str) -> dict[str, Any]:
+    """The ticker with no logging, beside: nothing (``alone``), the loop's sleep(0) steps
+    (``loop``), a thread computing in Python (``python thread``: what any busy background
+    thread costs), a thread computing without the GIL (``CPU only``: the machine's scheduling)."""
+    ticker = ThreadTicker()
+    ticker.start()
+    stop = threading.Event()
+    hog = {"python thread": _busy_python, "CPU only": _busy_without_gil}.get(mode)
+    thread = threading.Thread(target=hog, args=(stop,)) if hog else None
+    if thread is not None:
+        thread.start()
+    if mode == "loop":
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            time.sleep(0)
+    else:
+        time.sleep(seconds)
+    stop.set()
+    if thread is not None:
+        thread.join()
+    ticker.stop()
+    return ticker.summary()
+
+
+def reference(endpoint: str, tc: str, n: int) -> dict[str, Any]:
+    """The async MetricsLogger in benchmarks/run.py's event-loop workload, for the machine's speed."""
+    import asyncio
+
+    result: dict[str, Any] = asyncio.run(w.run_metricsbuf(endpoint, tc, n))
+    result["n"] = n
+    return result
+
+
+def _set_gil_pause(seconds: float | None) -> float | None:
+    """Sets SyncMetricsLogger's pause before each heavy step (a diagnostic); returns the previous one."""
+    if seconds is None:
+        return None
+    import metricsbuf._sync
+
+    previous: float = metricsbuf._sync._GIL_PAUSE
+    metricsbuf._sync._GIL_PAUSE = seconds
+    return previous
+
+
+def serve(contender: str) -> None:
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything else printing goes to stderr
+    if contender == "sagemaker_sdk":
+        import sagemaker.experiments._metrics  # noqa: F401  (import cost outside every timing)
+    else:
+        import metricsbuf  # noqa: F401
+    out.write(json.dumps({"ok": True, "ready": contender}) + "\n")
+    default_interval = sys.getswitchinterval()
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        try:
+            if cmd["cmd"] == "run":
+                sys.setswitchinterval(cmd.get("switch_interval") or default_interval)
+                default_pause = _set_gil_pause(cmd.get("gil_pause"))
+                try:
+                    result = RUNNERS[contender](cmd["endpoint"], cmd["tc"], cmd["n"])
+                finally:
+                    sys.setswitchinterval(default_interval)
+                    _set_gil_pause(default_pause)
+                result["switch_interval"] = cmd.get("switch_interval") or default_interval
+            elif cmd["cmd"] == "floor":
+                result = floor(cmd["seconds"], cmd["mode"])
+            elif cmd["cmd"] == "reference":
+                result = reference(cmd["endpoint"], cmd["tc"], cmd["n"])
+            elif cmd["cmd"] == "quit":
+                return
+            else:
+                raise ValueError(f"unknown command {cmd['cmd']!r}")
+            reply = {"ok": True, "result": result}
+        except Exception as exc:  # report, never kill the run
+            traceback.print_exc()
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        out.write(json.dumps(reply) + "\n")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--contender", required=True, choices=sorted(RUNNERS))
+    serve(parser.parse_args().contender)
