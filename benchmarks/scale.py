@@ -256,7 +256,8 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"Commit {_git('rev-parse', '--short', 'HEAD')}"
         f"{' (with uncommitted changes)' if _git('status', '--porcelain', '--', '../metricsbuf') else ''}, "
         f"Python {platform.python_version()}, aiobotocore {aiobotocore.__version__}, botocore "
-        f"{botocore.__version__}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"{botocore.__version__}, {os.cpu_count()} CPUs, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
         "Each writer is its own process and logs its points as fast as it can; all share one "
         "`FakeMetricsServiceProcess(rate_limit=R, rate_limit_burst=R)` on 127.0.0.1. Capacity = "
