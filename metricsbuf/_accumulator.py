@@ -40,6 +40,7 @@ class Batch:
         "maybe_stored",
         "last_failure",
         "abandoned",
+        "sent",
     )
 
     def __init__(
@@ -56,6 +57,7 @@ class Batch:
         # The close report (or a restarted flusher) took these points over: an answer that
         # still arrives for this request must not settle them a second time.
         self.abandoned = False
+        self.sent = False  # a request for this batch went out (its next one is a resend)
 
     def split_off(self, leave: list[bool]) -> Batch:
         """Removes the points where ``leave`` is true into a batch of their own, and returns it."""
@@ -100,6 +102,10 @@ class Accumulator:
         # backoff: a heap of (ready_at, position, attempts, point). Due ones go at the front of
         # the next batch, so resends do not cost requests of their own.
         self.lane: list[tuple[float, int, int, Point]] = []
+        # A resend may ride in any batch from its ready time on, but makes a batch due on its
+        # own only ``lane_hold`` seconds later (or at once during flush()/close): so resends
+        # that go without backoff still share requests with fresh points. The sender sets it.
+        self.lane_hold = 0.0
         self.in_flight: set[Batch] = set()
         # While the queue's head is below this position, partial batches leave at once.
         self.urgent_position: float = 0
@@ -157,7 +163,10 @@ class Accumulator:
             now = time.time()
             delay = queue.seconds_until_due(now)
             if lane:
-                resend_in = max(0.0, lane[0][0] - now)
+                ready_at, position = lane[0][0], lane[0][1]
+                # flush() or close: resends go as soon as they are ready, else after lane_hold.
+                hold = 0.0 if position < self.urgent_position else self.lane_hold
+                resend_in = max(0.0, ready_at + hold - now)
                 delay = resend_in if delay is None else min(delay, resend_in)
             if delay == 0.0:
                 return
@@ -231,7 +240,8 @@ class Accumulator:
     def schedule_resend(self, resends: list[tuple[int, int, Point]], delay: float) -> None:
         """Puts (position, attempts, point) entries in the resend lane, due after ``delay`` seconds.
 
-        Never past a point's delivery deadline: then it is taken, and expires, on time.
+        From then on they ride in any batch; on their own they make a batch due ``lane_hold``
+        later (at once during flush()/close). Never past a point's delivery deadline.
         """
         ready_at = time.time() + delay
         for position, attempts, point in resends:

@@ -3,11 +3,19 @@
 ``max_in_flight`` long-lived slots each take a batch from the accumulator when one is due and
 send it through the client (one ``batch_put_metrics`` call per attempt):
 
-- a whole-request failure that is transient (throttling, 5xx, connection errors, timeouts;
-  see _retry_policy.py) is retried under ``tenacity.AsyncRetrying``; the batch keeps its slot
-  while it backs off, so a struggling service sees at most ``max_in_flight`` batches;
+- every request, first sends and resends alike, first takes its turn from the logger's
+  adaptive rate (_rate.py): unlimited until the service throttles, then a rate that is cut on
+  throttling and grows back while requests succeed, shared by all the slots;
+- a throttled request (``ThrottlingException`` and kin) keeps its slot and goes again at the
+  rate's next turn; throttled sends do not count against ``max_attempts`` (throttling says
+  "not now", not "this point is bad"), only ``delivery_timeout`` bounds them;
+- any other transient whole-request failure (5xx, connection errors, timeouts; see
+  _retry_policy.py) is retried with exponential backoff and counts against ``max_attempts``;
+  the batch keeps its slot while it backs off, so a struggling service sees at most
+  ``max_in_flight`` batches;
 - ``INTERNAL_ERROR`` / ``CONFLICT_ERROR`` at an index: only those points go back to the
-  accumulator's resend lane, after tenacity's backoff, and ride in a later batch;
+  accumulator's resend lane and ride in a later batch: at once while the retry quota lasts
+  (a few failed indices among stored ones), after the exponential backoff when most fail;
 - everything else is final: delivered or failed, recorded in the ledger.
 
 It talks only to the accumulator, the ledger and the client. Retry policy lives here (and in
@@ -22,7 +30,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 import anyio
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState
 from tenacity.wait import wait_exponential_jitter
 
 from ._accumulator import Accumulator, Batch
@@ -32,8 +40,9 @@ from ._ledger import Ledger, by_attempts
 from ._models import DELIVERY_TIMEOUT
 from ._options import LoggerOptions
 from ._pacing import StepPacer
+from ._rate import AdaptiveRate
 from ._reporting import log
-from ._retry_policy import FINAL_INDEX_CODES, RETRYABLE_INDEX_CODES, classify_exception
+from ._retry_policy import FINAL_INDEX_CODES, RETRYABLE_INDEX_CODES, RetryQuota, classify_exception
 
 _UTC = timezone.utc
 
@@ -41,10 +50,11 @@ _UTC = timezone.utc
 class _Resend(Exception):
     """Raised inside a tenacity attempt: the whole request failed (throttling, 5xx, connection)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, throttled: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.throttled = throttled
 
 
 class Sender:
@@ -60,10 +70,18 @@ class Sender:
         self._max_attempts = options.max_attempts
         self._max_in_flight = options.max_in_flight
         self._delivery_timeout = options.delivery_timeout
-        # tenacity's exponential backoff with jitter decides every resend's delay.
+        # tenacity's exponential backoff with jitter decides the delay of every resend that waits.
         self._backoff = wait_exponential_jitter(
             multiplier=options.backoff_initial, max=options.backoff_max, jitter=options.backoff_initial
         )
+        self.rate = AdaptiveRate()  # every request takes its turn here (see _rate.py)
+        # Whether throttles cut the rate. Off by default for now: random (not capacity)
+        # throttling, as the reliability tests inject, makes the rate collapse (see the
+        # scale report); benchmarks/scale.py turns it on.
+        self.adaptive_rate = False
+        self._quota = RetryQuota()  # per-index resends without backoff, while it lasts
+        # A resend without backoff waits at most this long for a batch to ride in.
+        accumulator.lane_hold = options.backoff_initial
 
     def start(self, task_group: anyio.abc.TaskGroup, no_more_points: Callable[[], bool]) -> None:
         """Starts the ``max_in_flight`` slots in ``task_group``; they return once closing drains them.
@@ -89,6 +107,10 @@ class Sender:
                 await accumulator.wait_until_batch_due(no_more_points)
                 if not accumulator.spooled:  # with a spool, an expired point stays on disk anyway
                     self._expire_queued()
+                if self.rate.rate is not None and (accumulator.queue or accumulator.lane):
+                    # Throttled before: wait for the adaptive rate's turn (holding the turn, so
+                    # the other slots queue behind and the next batch keeps filling meanwhile).
+                    await self.rate.wait_turn()
                 batch = accumulator.take_batch(time.time())
                 if batch is not None:
                     # Still holding the turn, wait until no other heavy step (a send being
@@ -137,29 +159,42 @@ class Sender:
         self._accumulator.finished(batch)
         self._ledger.notify_progress()
 
-    async def _retry_request(self, batch: Batch, first_failure: _Resend) -> None:
-        """Resends the whole batch with tenacity's backoff; raises _Resend when the budget is spent."""
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._max_attempts),
-            wait=self._backoff_within_deadline(batch),
-            retry=retry_if_exception_type(_Resend),
-            sleep=anyio.sleep,
-            reraise=True,
-        )
-        batch.last_failure = first_failure
-        async for attempt in retrying:
-            with attempt:
-                if attempt.retry_state.attempt_number == 1:
-                    raise first_failure  # tenacity's attempt 1 is the one already made
+    async def _retry_request(self, batch: Batch, failure: _Resend) -> None:
+        """Resends the whole batch until it is answered; raises _Resend when the budget is spent.
+
+        A throttled send waits for the adaptive rate's next turn and does not count against
+        ``max_attempts``; any other failure waits out the exponential backoff (never past the
+        batch's last delivery deadline) and counts. ``_send`` gives up on points past their
+        ``delivery_timeout`` before each send.
+        """
+        batch.last_failure = failure
+        tries = 0 if failure.throttled else 1  # counted (not throttled) sends of this batch
+        throttles = 0  # throttled sends in a row
+        while True:
+            if failure.throttled:
+                # Backoff on top of the rate's turn: the request rate stays bounded even while
+                # the adaptive rate is off or still above the limit.
+                throttles += 1
+                await anyio.sleep(self._backoff_within_deadline(batch, throttles))
+                await self.rate.wait_turn()
+            else:
                 # A point that was resent from the lane may reach its budget before the others.
                 exhausted = [a >= self._max_attempts for a in batch.attempts]
+                if all(exhausted) or tries >= self._max_attempts:
+                    raise failure
                 if any(exhausted):
-                    self._give_up(batch.split_off(exhausted), batch.last_failure)
-                try:
-                    await self._send(batch)
-                except _Resend as again:
-                    batch.last_failure = again
-                    raise
+                    self._give_up(batch.split_off(exhausted), failure)
+                await anyio.sleep(self._backoff_within_deadline(batch, tries))
+                if self.rate.rate is not None:
+                    await self.rate.wait_turn()
+            try:
+                await self._send(batch)
+                return
+            except _Resend as again:
+                if not again.throttled:
+                    tries += 1
+                    throttles = 0
+                batch.last_failure = failure = again
 
     def _give_up(self, batch: Batch, failure: _Resend) -> None:
         """The batch's whole-request failures outlasted its budget."""
@@ -168,18 +203,13 @@ class Sender:
                 points, failure.code, f"gave up after {attempts} attempts: {failure.message}", attempts
             )
 
-    def _backoff_within_deadline(self, batch: Batch) -> Callable[[RetryCallState], float]:
+    def _backoff_within_deadline(self, batch: Batch, tries: int) -> float:
         """Exponential backoff with jitter, never sleeping past the batch's last delivery deadline."""
-        backoff = self._backoff
-
-        def wait(retry_state: RetryCallState) -> float:
-            delay = backoff(retry_state)
-            if batch.points:
-                last_deadline = max(p[LOGGED_AT] for p in batch.points) + self._delivery_timeout
-                delay = min(delay, max(0.0, last_deadline - time.time()))
-            return delay
-
-        return wait
+        delay = self._resend_delay(tries)
+        if batch.points:
+            last_deadline = max(p[LOGGED_AT] for p in batch.points) + self._delivery_timeout
+            delay = min(delay, max(0.0, last_deadline - time.time()))
+        return delay
 
     def _resend_delay(self, attempts: int) -> float:
         """tenacity's backoff after ``attempts`` sends, for points going to the resend lane."""
@@ -214,10 +244,12 @@ class Sender:
             for p in points
         ]
         ledger = self._ledger
-        ledger.retried += sum(1 for a in batch.attempts if a)
+        ledger.retried += len(points) if batch.sent else sum(1 for a in batch.attempts if a)
+        batch.sent = True
         batch.attempts = [a + 1 for a in batch.attempts]
         ledger.requests += 1  # counted once the request is built, right before it is sent
         batch.maybe_stored = True
+        sent_at = time.monotonic()  # the adaptive rate's clock
         try:
             response = await self.client.batch_put_metrics(  # type: ignore[union-attr]
                 TrialComponentName=batch.trial_component, MetricData=metric_data
@@ -229,8 +261,13 @@ class Sender:
                 return  # see below
             failure = classify_exception(exc)
             batch.maybe_stored = failure.ambiguous
+            if failure.throttled:
+                if self.adaptive_rate:
+                    self.rate.throttled(sent_at)
+                # Not an attempt of these points: only delivery_timeout bounds throttling.
+                batch.attempts = [a - 1 for a in batch.attempts]
             if failure.retryable:
-                raise _Resend(failure.code, failure.message) from exc
+                raise _Resend(failure.code, failure.message, failure.throttled) from exc
             ledger.record_failed(points, failure.code, failure.message, batch.attempts)
             batch.points = []
             return
@@ -240,6 +277,7 @@ class Sender:
             # reported, is final.
             return
         batch.maybe_stored = False
+        self.rate.succeeded(sent_at)
         self._apply_response(batch, response)
 
     def _apply_response(self, batch: Batch, response: object) -> None:
@@ -261,6 +299,7 @@ class Sender:
         ledger = self._ledger
         if not codes:
             ledger.record_delivered(points)
+            self._quota.answered(len(points), 0)
             return
         ledger.record_delivered([p for i, p in enumerate(points) if i not in codes])
         resend: list[tuple[int, int, Point]] = []
@@ -281,6 +320,9 @@ class Sender:
                 ledger.record_failed(
                     [point], code, f"the service rejected the point with {code}{known}", attempts
                 )
+        at_once = self._quota.answered(len(points) - len(codes), len(resend))
         if resend:
-            # Only these indices go again, together, after tenacity's backoff for their attempt count.
-            self._accumulator.schedule_resend(resend, self._resend_delay(max(a for _, a, _ in resend)))
+            # Only these indices go again, together: in the next batch while the retry quota
+            # lasts, else after tenacity's backoff for their attempt count.
+            delay = 0.0 if at_once else self._resend_delay(max(a for _, a, _ in resend))
+            self._accumulator.schedule_resend(resend, delay)

@@ -93,13 +93,52 @@ async def test_a_throttled_request_is_retried_whole_and_keeps_its_points_togethe
     assert [len(r) for r in client.requests] == [3, 3, 3]
 
 
+def unavailable() -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": "ServiceUnavailable", "Message": "down"},
+            "ResponseMetadata": {"HTTPStatusCode": 503},
+        },
+        "BatchPutMetrics",
+    )
+
+
 async def test_a_whole_request_failure_past_max_attempts_fails_the_points_without_a_spool() -> None:
-    client = FakeClient(lambda n, data: (_ for _ in ()).throw(throttled()))
+    client = FakeClient(lambda n, data: (_ for _ in ()).throw(unavailable()))
     sender, accumulator, ledger = parts(client, max_attempts=3)
     await sender._deliver(batch_of(accumulator, ledger, 2))
     assert (ledger.failed, ledger.held, ledger.requests) == (2, 0, 3)
-    assert {f.code for f in ledger.reporter.failures} == {"ThrottlingException"}
+    assert {f.code for f in ledger.reporter.failures} == {"ServiceUnavailable"}
     assert all(f.attempts == 3 for f in ledger.reporter.failures)
+
+
+async def test_throttled_sends_do_not_count_against_max_attempts() -> None:
+    # Throttled five times, then a 503 and success: max_attempts=3 is not spent by throttling.
+    def handler(number: int, data: list[dict[str, Any]]) -> None:
+        if number < 5:
+            raise throttled()
+        if number == 5:
+            raise unavailable()
+
+    client = FakeClient(handler)
+    sender, accumulator, ledger = parts(client, max_attempts=3)
+    sender.adaptive_rate = True
+    sender.rate.min_rate = 1000.0  # keeps the test quick
+    await sender._deliver(batch_of(accumulator, ledger, 2))
+    assert (ledger.delivered, ledger.failed, ledger.requests) == (2, 0, 7)
+
+
+async def test_sustained_throttling_fails_points_only_at_their_delivery_timeout() -> None:
+    client = FakeClient(lambda n, data: (_ for _ in ()).throw(throttled()))
+    sender, accumulator, ledger = parts(client, max_attempts=1, delivery_timeout=0.5)
+    sender.adaptive_rate = True
+    sender.rate.min_rate = 50.0  # keeps the test quick
+    started = time.monotonic()
+    await sender._deliver(batch_of(accumulator, ledger, 2))
+    assert time.monotonic() - started >= 0.45
+    assert ledger.requests >= 2  # max_attempts=1 did not stop the throttled resends
+    assert (ledger.failed, ledger.held) == (2, 0)
+    assert {f.code for f in ledger.reporter.failures} == {"DELIVERY_TIMEOUT"}
 
 
 async def test_an_answer_for_an_abandoned_batch_settles_nothing() -> None:

@@ -1,0 +1,339 @@
+"""Many writers against one shared rate limit: metricsbuf's adaptive rate vs botocore's adaptive mode.
+
+K writer processes (K = 4 and K = 8 by default), each logging as fast as it can a fixed number of
+points to a trial component of its own, all against ONE `FakeMetricsServiceProcess` on 127.0.0.1
+with a shared token-bucket ``rate_limit`` (requests/s) low enough that the run is limited by it.
+Contenders, run in the same invocation, one after the other against a fresh service:
+
+- ``metricsbuf``: ``MetricsLogger(tc, endpoint_url=..., region_name=...)`` with every other option
+  at its default; the writer logs its points (``await log``), then ``await flush()``.
+- ``botocore_adaptive``: hand-batched aiobotocore, batches of 10 points, 4 concurrent requests
+  (metricsbuf's default ``max_in_flight``), client made with
+  ``AioConfig(retries={"mode": "adaptive"}, parameter_validation=False)``; a request whose
+  retries run out loses its points (counted as failed).
+
+Figures (every one from the service's own counters and the writers' clocks):
+
+- capacity = the most points the limit admits over the run: (burst + rate_limit x T) x 10, T
+  from the first writer's start to the last writer's end; goodput = points stored / capacity;
+- throttled share = requests answered ThrottlingException by the limit / all requests;
+- lost = points logged and not stored; failed = points the writer was told failed for good;
+- Jain's fairness index over the writers' rates (points stored / the writer's own duration).
+
+    python benchmarks/scale.py                     # K = 4 and 8, writes benchmarks/SCALE_RESULTS.md
+    python benchmarks/scale.py --quick             # smaller, prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from metricsbuf.testing import FakeMetricsServiceProcess
+
+REGION = "us-east-1"
+HERE = Path(__file__).resolve().parent
+ENV = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+GOALS = {
+    "goodput": 0.95,
+    "throttled_share": 0.05,
+    "jain": 0.95,
+}
+
+
+# ---- the writers (each in its own process) ---------------------------------------------------
+
+
+async def _metricsbuf_writer(endpoint: str, tc: str, n: int, go: Any) -> dict[str, Any]:
+    from metricsbuf import MetricsLogger
+
+    async with MetricsLogger(tc, endpoint_url=endpoint, region_name=REGION) as metrics:
+        metrics._sender.adaptive_rate = os.environ.get("SCALE_ADAPTIVE", "1") == "1"
+        await asyncio.to_thread(go.wait)
+        started = time.time()
+        for step in range(n):
+            await metrics.log("loss", float(step), step=step)
+        await metrics.flush()
+        ended = time.time()
+        stats = metrics.stats
+        rate = metrics._sender.rate
+        extra = {"cuts": rate.cuts, "final_rate": rate.rate}
+    return {
+        "started": started,
+        "ended": ended,
+        "logged": n,
+        "failed": stats.failed,
+        "requests": stats.requests,
+        **extra,
+    }
+
+
+async def _botocore_writer(endpoint: str, tc: str, n: int, go: Any) -> dict[str, Any]:
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import get_session
+
+    config = AioConfig(retries={"mode": "adaptive"}, parameter_validation=False)
+    session = get_session()
+    failed = 0
+    requests = 0
+    async with session.create_client(
+        "sagemaker-metrics", region_name=REGION, endpoint_url=endpoint, config=config
+    ) as client:
+        slots = asyncio.Semaphore(4)
+
+        async def send(batch: list[dict[str, Any]]) -> None:
+            nonlocal failed, requests
+            try:
+                requests += 1
+                await client.batch_put_metrics(TrialComponentName=tc, MetricData=batch)
+            except Exception:  # noqa: BLE001  (retries ran out: these points are lost)
+                failed += len(batch)
+            finally:
+                slots.release()
+
+        await asyncio.to_thread(go.wait)
+        started = time.time()
+        tasks = []
+        batch: list[dict[str, Any]] = []
+        for step in range(n):
+            batch.append({"MetricName": "loss", "Value": float(step), "Step": step, "Timestamp": time.time()})
+            if len(batch) == 10 or step == n - 1:
+                await slots.acquire()
+                tasks.append(asyncio.ensure_future(send(batch)))
+                batch = []
+        await asyncio.gather(*tasks)
+        ended = time.time()
+    return {"started": started, "ended": ended, "logged": n, "failed": failed, "calls": requests}
+
+
+def _writer_main(contender: str, endpoint: str, tc: str, n: int, go: Any, ready: Any, out: Any) -> None:
+    os.environ.update(ENV)
+    try:
+        writer = _metricsbuf_writer if contender == "metricsbuf" else _botocore_writer
+
+        async def main() -> dict[str, Any]:
+            ready.release()
+            return await writer(endpoint, tc, n, go)
+
+        out.put((tc, asyncio.run(main())))
+    except BaseException as exc:  # noqa: BLE001
+        out.put((tc, {"error": repr(exc)}))
+
+
+# ---- one run ---------------------------------------------------------------------------------
+
+
+def jain(rates: list[float]) -> float:
+    return sum(rates) ** 2 / (len(rates) * sum(r * r for r in rates)) if rates else 0.0
+
+
+def run_one(contender: str, writers: int, points: int, rate_limit: float, timeout: float) -> dict[str, Any]:
+    burst = max(1, int(rate_limit))  # the service's default: one second's worth
+    ctx = mp.get_context("spawn")
+    with FakeMetricsServiceProcess(rate_limit=rate_limit, rate_limit_burst=burst) as service:
+        go = ctx.Event()
+        ready = ctx.Semaphore(0)
+        out: Any = ctx.Queue()
+        procs = [
+            ctx.Process(
+                target=_writer_main,
+                args=(contender, service.endpoint_url, f"writer-{i}", points, go, ready, out),
+            )
+            for i in range(writers)
+        ]
+        for proc in procs:
+            proc.start()
+        for _ in procs:
+            ready.acquire(timeout=60)
+        time.sleep(1.0)  # the loggers' clients are made; the bucket is full again
+        service.clear()  # also refills the bucket
+        go.set()
+        results: dict[str, dict[str, Any]] = {}
+        deadline = time.time() + timeout
+        while len(results) < writers and time.time() < deadline:
+            try:
+                tc, result = out.get(timeout=max(0.1, deadline - time.time()))
+            except Exception:  # noqa: BLE001  (queue.Empty: the timeout)
+                break
+            results[tc] = result
+        for proc in procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        state = service.state()
+    errors = {tc: r["error"] for tc, r in results.items() if "error" in r}
+    stored = Counter(p.trial_component for p in state.points)
+    distinct = Counter(
+        p.trial_component for p in {(p.trial_component, p.step): p for p in state.points}.values()
+    )
+    ok = [r for r in results.values() if "error" not in r]
+    start = min(r["started"] for r in ok)
+    end = max(r["ended"] for r in ok)
+    span = end - start
+    capacity = (burst + rate_limit * span) * 10
+    counts = state.counts
+    rates = [
+        distinct[tc] / (r["ended"] - r["started"]) for tc, r in sorted(results.items()) if "error" not in r
+    ]
+    logged = writers * points
+    return {
+        "contender": contender,
+        "writers": writers,
+        "points_each": points,
+        "rate_limit": rate_limit,
+        "burst": burst,
+        "seconds": span,
+        "stored": sum(distinct.values()),
+        "stored_with_duplicates": sum(stored.values()),
+        "logged": logged,
+        "lost": logged - sum(distinct.values()),
+        "failed": sum(r.get("failed", 0) for r in ok),
+        "requests": counts["requests"],
+        "rate_limited": counts["rate_limited"],
+        "throttled_share": counts["rate_limited"] / max(1, counts["requests"]),
+        "goodput": sum(distinct.values()) / capacity,
+        "jain": jain(rates),
+        "writer_rates": [round(r, 1) for r in rates],
+        "writer_seconds": [
+            round(r["ended"] - r["started"], 2) for _, r in sorted(results.items()) if "error" not in r
+        ],
+        "cuts": [r.get("cuts") for _, r in sorted(results.items())],
+        "errors": errors,
+        "missing_writers": writers - len(results),
+    }
+
+
+# ---- the report ------------------------------------------------------------------------------
+
+
+def goals(m: dict[str, Any], other: dict[str, Any] | None) -> dict[str, bool]:
+    met = {
+        f"goodput >= {GOALS['goodput']}": m["goodput"] >= GOALS["goodput"],
+        f"throttled share <= {GOALS['throttled_share']}": m["throttled_share"] <= GOALS["throttled_share"],
+        "zero points lost or failed": m["lost"] == 0 and m["failed"] == 0,
+        f"Jain's index >= {GOALS['jain']}": m["jain"] >= GOALS["jain"],
+    }
+    if other is not None:
+        met["goodput above botocore adaptive (same run)"] = m["goodput"] > other["goodput"]
+    return met
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=HERE, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return "?"
+
+
+def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    import aiobotocore
+    import botocore
+
+    lines = [
+        "# Scale: many writers against one shared rate limit",
+        "",
+        "Written by `python benchmarks/scale.py` (do not edit by hand). "
+        f"Commit {_git('rev-parse', '--short', 'HEAD')}"
+        f"{' (with uncommitted changes)' if _git('status', '--porcelain', '--', '../metricsbuf') else ''}, "
+        f"Python {platform.python_version()}, aiobotocore {aiobotocore.__version__}, botocore "
+        f"{botocore.__version__}, {os.cpu_count()} CPUs, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "",
+        "Each writer is its own process and logs its points as fast as it can; all share one "
+        "`FakeMetricsServiceProcess(rate_limit=R, rate_limit_burst=R)` on 127.0.0.1. Capacity = "
+        "(burst + R x T) x 10 points, T from the first writer's start to the last writer's end. "
+        "Goodput = distinct points stored / capacity. Throttled share = requests refused by the "
+        "limit / all requests. Jain's index over the writers' rates (points stored / own duration). "
+        "metricsbuf runs with default options (logs, then `flush()`); botocore_adaptive is "
+        'hand-batched aiobotocore with `retries={"mode": "adaptive"}` and 4 concurrent requests.',
+        "",
+        "| K | points each | R (req/s) | contender | T (s) | goodput | throttled share | requests | "
+        "lost | failed | Jain | writer rates (points/s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in runs:
+        lines.append(
+            f"| {m['writers']} | {m['points_each']} | {m['rate_limit']:g} | {m['contender']} | "
+            f"{m['seconds']:.1f} | {m['goodput']:.3f} | {m['throttled_share']:.3f} | {m['requests']} | "
+            f"{m['lost']} | {m['failed']} | {m['jain']:.3f} | {', '.join(map(str, m['writer_rates']))} |"
+        )
+    lines += ["", "## Goals (metricsbuf)", ""]
+    for m in runs:
+        if m["contender"] != "metricsbuf":
+            continue
+        other = next(
+            (
+                o
+                for o in runs
+                if o["contender"] == "botocore_adaptive"
+                and o["writers"] == m["writers"]
+                and o.get("repeat") == m.get("repeat")
+            ),
+            None,
+        )
+        met = goals(m, other)
+        lines.append(
+            f"- K = {m['writers']}, R = {m['rate_limit']:g} (repeat {m.get('repeat', 0)}): "
+            + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in met.items())
+        )
+    lines += ["", "## Every run (JSON)", "", "```json", *(json.dumps(m) for m in runs), "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--writers", default="4,8", help="comma-separated K values (default 4,8)")
+    parser.add_argument("--points", type=int, default=0, help="points per writer (default: 8000 / K x ...)")
+    parser.add_argument("--rate-limit", type=float, default=40.0, help="shared requests/s (default 40)")
+    parser.add_argument("--seconds", type=float, default=25.0, help="target run length at the limit")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--contenders", default="metricsbuf,botocore_adaptive")
+    parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--quick", action="store_true", help="10 s runs; print only")
+    parser.add_argument("--out", default=str(HERE / "SCALE_RESULTS.md"))
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds = 10.0
+    runs: list[dict[str, Any]] = []
+    for repeat in range(args.repeats):
+        for k in (int(x) for x in args.writers.split(",")):
+            # Enough points that the limit, not the writers, sets the pace for about `seconds`.
+            points = args.points or int(args.rate_limit * args.seconds * 10 / k)
+            for contender in args.contenders.split(","):
+                m = run_one(contender, k, points, args.rate_limit, args.timeout)
+                m["repeat"] = repeat
+                runs.append(m)
+                print(json.dumps(m), flush=True)
+    text = report(runs, args)
+    if args.quick:
+        print(text)
+    else:
+        Path(args.out).write_text(text)
+        print(text)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    main()
