@@ -1,7 +1,7 @@
 """SyncMetricsLogger in a plain synchronous training loop, against the SageMaker SDK's Run.log_metric path.
 
     pip install -e ".[bench]"
-    python benchmarks/sync.py            # about 3-4 minutes; rewrites benchmarks/SYNC_RESULTS.md
+    python benchmarks/sync.py            # about 5 minutes; rewrites benchmarks/SYNC_RESULTS.md
     python benchmarks/sync.py --quick    # a smoke run; prints only
 
 Each contender runs in its own worker process (benchmarks/_sync_worker.py, where the loop is
@@ -156,6 +156,18 @@ def floors(worker: SyncWorker) -> dict[str, dict[str, Any]]:
     return {mode: worker.call(cmd="floor", seconds=2.0, mode=mode).get("result", {}) for mode in FLOORS}
 
 
+def idle_cost(worker: SyncWorker, server: Server, repeats: int, n: int) -> list[float]:
+    """SyncMetricsLogger's log() with its loop thread idle (an endpoint that never answers), us per point."""
+    costs = []
+    for rep in range(repeats):
+        reply = worker.call(
+            cmd="run", runner="sync_metricsbuf_idle", endpoint=server.url, tc=f"bench-sync-idle-r{rep}", n=n
+        )
+        if reply.get("ok"):
+            costs.append(reply["result"]["producer_time"] / n * 1e6)
+    return costs
+
+
 def reference(worker: SyncWorker, server: Server, repeats: int, n: int) -> list[dict[str, Any]]:
     runs = []
     for rep in range(repeats):
@@ -307,6 +319,17 @@ def report(config: dict[str, Any], results: dict[str, Any]) -> str:
             f"(median of {len(ref)} runs); SyncMetricsLogger's `log()` at 0 ms is "
             f"{s['0ms'][MB]['producer_us'] / ref_us:.2f}x that.",
         ]
+    idle = results.get("idle_cost") or []
+    if idle:
+        idle_us = statistics.median(idle)
+        lines += [
+            "",
+            f"SyncMetricsLogger's `log()` with its loop thread idle (the same loop against an endpoint that "
+            f"never answers, so nothing is sent after the first 8 requests): {idle_us:.3g} us per point "
+            f"(median of {len(idle)} runs: {', '.join(f'{c:.3g}' for c in idle)}). The rest of the "
+            "caller's cost above is the price of sharing the GIL and the CPU's caches with a loop "
+            "thread that is sending flat out.",
+        ]
     zero, twenty = s["0ms"][MB], s["20ms"][MB]
     interval_ms = config["switch_interval"] * 1e3
     python_floor = _worst(results["floors"], "python thread", "gil_max")
@@ -407,8 +430,8 @@ def main() -> int:
     workers: dict[str, SyncWorker] = {}
     results: dict[str, Any] = {"scenarios": {}, "floors": []}
     try:
-        fast, slow = Server("0 ms", 0.0), Server("20 ms", 0.020)
-        servers = [fast, slow]
+        fast, slow, silent = Server("0 ms", 0.0), Server("20 ms", 0.020), Server("never answers", 10**6)
+        servers = [fast, slow, silent]
         workers = {c: SyncWorker(c, log_dir) for c in (MB, SDK)}
         for contender, worker in workers.items():  # warm-up, not recorded
             worker.call(
@@ -417,6 +440,8 @@ def main() -> int:
         results["floors"].append(floors(workers[MB]))
         _say("reference: the async MetricsLogger in benchmarks/run.py's workload, 0 ms")
         results["reference"] = reference(workers[MB], fast, min(3, args.repeats), n)
+        _say("caller's cost with the loop thread idle (an endpoint that never answers)")
+        results["idle_cost"] = idle_cost(workers[MB], silent, min(3, args.repeats), n)
         _say("scenario 0 ms")
         results["scenarios"]["0ms"] = measure(
             workers, fast, "0ms", {MB: args.repeats, SDK: args.sdk_repeats}, n
