@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -248,7 +249,9 @@ def report(config: dict[str, Any], results: dict[str, Any]) -> str:
         "`benchmarks/_sync_worker.py`.",
         "",
         f"- Machine: {env['platform']}; {env['cpu']}; {env['cpus']} CPUs; load average at start "
-        f"{', '.join(f'{x:.2f}' for x in env['loadavg'] or ())}",
+        f"{', '.join(f'{x:.2f}' for x in env['loadavg'] or ())}, at the end "
+        f"{', '.join(f'{x:.2f}' for x in config['loadavg_end'] or ())} (other work on the machine shows "
+        "up in every figure, the GIL waits first: compare with the floors below)",
         f"- Python: {env['python']}; default `sys.getswitchinterval()` = "
         f"{config['switch_interval'] * 1e3:g} ms",
         "- Packages: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v != "not installed"),
@@ -463,6 +466,7 @@ def main() -> int:
         for server in servers:
             server.stop()
     config["minutes"] = (time.time() - started) / 60
+    config["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     text = report(config, results)
     print(text)
     if not args.quick:
