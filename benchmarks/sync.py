@@ -329,9 +329,9 @@ def report(config: dict[str, Any], results: dict[str, Any]) -> str:
             "",
             f"SyncMetricsLogger's `log()` with its loop thread idle (the same loop against an endpoint that "
             f"never answers, so nothing is sent after the first 8 requests): {idle_us:.3g} us per point "
-            f"(median of {len(idle)} runs: {', '.join(f'{c:.3g}' for c in idle)}). The rest of the "
-            "caller's cost above is the price of sharing the GIL and the CPU's caches with a loop "
-            "thread that is sending flat out.",
+            f"(median of {len(idle)} runs: {', '.join(f'{c:.3g}' for c in idle)}). The difference with the "
+            "figures above is what it costs the caller to share the GIL (and the CPU) with a loop "
+            "thread that sends flat out.",
         ]
     zero, twenty = s["0ms"][MB], s["20ms"][MB]
     interval_ms = config["switch_interval"] * 1e3
