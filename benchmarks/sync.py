@@ -1,7 +1,7 @@
 """SyncMetricsLogger in a plain synchronous training loop, against the SageMaker SDK's Run.log_metric path.
 
     pip install -e ".[bench]"
-    python benchmarks/sync.py            # about 3-4 minutes; rewrites benchmarks/SYNC_RESULTS.md
+    python benchmarks/sync.py            # about 5 minutes; rewrites benchmarks/SYNC_RESULTS.md
     python benchmarks/sync.py --quick    # a smoke run; prints only
 
 Each contender runs in its own worker process (benchmarks/_sync_worker.py, where the loop is
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -156,6 +157,18 @@ def floors(worker: SyncWorker) -> dict[str, dict[str, Any]]:
     return {mode: worker.call(cmd="floor", seconds=2.0, mode=mode).get("result", {}) for mode in FLOORS}
 
 
+def idle_cost(worker: SyncWorker, server: Server, repeats: int, n: int) -> list[float]:
+    """SyncMetricsLogger's log() with its loop thread idle (an endpoint that never answers), us per point."""
+    costs = []
+    for rep in range(repeats):
+        reply = worker.call(
+            cmd="run", runner="sync_metricsbuf_idle", endpoint=server.url, tc=f"bench-sync-idle-r{rep}", n=n
+        )
+        if reply.get("ok"):
+            costs.append(reply["result"]["producer_time"] / n * 1e6)
+    return costs
+
+
 def reference(worker: SyncWorker, server: Server, repeats: int, n: int) -> list[dict[str, Any]]:
     runs = []
     for rep in range(repeats):
@@ -236,7 +249,9 @@ def report(config: dict[str, Any], results: dict[str, Any]) -> str:
         "`benchmarks/_sync_worker.py`.",
         "",
         f"- Machine: {env['platform']}; {env['cpu']}; {env['cpus']} CPUs; load average at start "
-        f"{', '.join(f'{x:.2f}' for x in env['loadavg'] or ())}",
+        f"{', '.join(f'{x:.2f}' for x in env['loadavg'] or ())}, at the end "
+        f"{', '.join(f'{x:.2f}' for x in config['loadavg_end'] or ())} (other work on the machine shows "
+        "up in every figure, the GIL waits first: compare with the floors below)",
         f"- Python: {env['python']}; default `sys.getswitchinterval()` = "
         f"{config['switch_interval'] * 1e3:g} ms",
         "- Packages: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v != "not installed"),
@@ -306,6 +321,17 @@ def report(config: dict[str, Any], results: dict[str, Any]) -> str:
             f"event-loop workload, same endpoint (0 ms), same run: {ref_us:.3g} us per point "
             f"(median of {len(ref)} runs); SyncMetricsLogger's `log()` at 0 ms is "
             f"{s['0ms'][MB]['producer_us'] / ref_us:.2f}x that.",
+        ]
+    idle = results.get("idle_cost") or []
+    if idle:
+        idle_us = statistics.median(idle)
+        lines += [
+            "",
+            f"SyncMetricsLogger's `log()` with its loop thread idle (the same loop against an endpoint that "
+            f"never answers, so nothing is sent after the first 8 requests): {idle_us:.3g} us per point "
+            f"(median of {len(idle)} runs: {', '.join(f'{c:.3g}' for c in idle)}). The difference with the "
+            "figures above is what it costs the caller to share the GIL (and the CPU) with a loop "
+            "thread that sends flat out.",
         ]
     zero, twenty = s["0ms"][MB], s["20ms"][MB]
     interval_ms = config["switch_interval"] * 1e3
@@ -407,8 +433,8 @@ def main() -> int:
     workers: dict[str, SyncWorker] = {}
     results: dict[str, Any] = {"scenarios": {}, "floors": []}
     try:
-        fast, slow = Server("0 ms", 0.0), Server("20 ms", 0.020)
-        servers = [fast, slow]
+        fast, slow, silent = Server("0 ms", 0.0), Server("20 ms", 0.020), Server("never answers", 10**6)
+        servers = [fast, slow, silent]
         workers = {c: SyncWorker(c, log_dir) for c in (MB, SDK)}
         for contender, worker in workers.items():  # warm-up, not recorded
             worker.call(
@@ -417,6 +443,8 @@ def main() -> int:
         results["floors"].append(floors(workers[MB]))
         _say("reference: the async MetricsLogger in benchmarks/run.py's workload, 0 ms")
         results["reference"] = reference(workers[MB], fast, min(3, args.repeats), n)
+        _say("caller's cost with the loop thread idle (an endpoint that never answers)")
+        results["idle_cost"] = idle_cost(workers[MB], silent, min(3, args.repeats), n)
         _say("scenario 0 ms")
         results["scenarios"]["0ms"] = measure(
             workers, fast, "0ms", {MB: args.repeats, SDK: args.sdk_repeats}, n
@@ -438,6 +466,7 @@ def main() -> int:
         for server in servers:
             server.stop()
     config["minutes"] = (time.time() - started) / 60
+    config["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     text = report(config, results)
     print(text)
     if not args.quick:

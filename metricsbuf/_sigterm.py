@@ -25,6 +25,11 @@ logger whose event loop runs in the main thread, or a SyncMetricsLogger created 
 ``METRICSBUF_DRAIN_ON_SIGTERM`` is ``0``/``false``/``no``/``off``; set it to ``1`` to install it
 automatically outside SageMaker too. It is not installed over SIGTERM set to be ignored
 (``SIG_IGN``): that process would not have ended.
+
+Not with ``loop.add_signal_handler(SIGTERM, ...)``: asyncio reads signals from its own wakeup
+file descriptor and would call that callback at the signal and again when the drain raises
+SIGTERM once more, and a later ``add_signal_handler`` replaces this handler (and asyncio
+restores the default action when its loop closes). Use one or the other.
 """
 
 from __future__ import annotations
