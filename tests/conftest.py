@@ -4,7 +4,8 @@ environment isolated from the machine's for tests of the logger's own client."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,16 @@ async def flusher_ended(timeout: float = 5.0) -> None:
     flusher = next(t for t in asyncio.all_tasks() if t.get_name().startswith("metricsbuf-flusher"))
     await asyncio.wait([flusher], timeout=timeout)
     assert flusher.done(), "the flusher did not end"
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """moto's server (SageMaker and SageMaker Metrics) on 127.0.0.1, one per test module."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

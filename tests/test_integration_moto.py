@@ -6,10 +6,9 @@ it needs Step on every point and keeps one point per (name, step).
 
 from __future__ import annotations
 
-import logging
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,18 +19,6 @@ from metricsbuf import MetricsLogger
 from metricsbuf.__main__ import main
 
 CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ are paths moto never takes: those tests use ``StubSageMaker``, a stand-in client
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +35,6 @@ CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
 ROLE = "arn:aws:iam::123456789012:role/sagemaker"
 RUN_CONFIG = {"ExperimentName": "exp", "TrialName": "exp-trial", "RunName": "exp-run-7"}
 TRAINING_ARN = "arn:aws:sagemaker:us-east-1:123456789012:training-job/Train-Job-1"
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ go to the in-memory client, which records the trial component of every request.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +21,6 @@ from metricsbuf import InvalidMetricError, MetricsLogger, TrialComponentNotFound
 from metricsbuf._spool import Spool
 
 ROLE = "arn:aws:iam::123456789012:role/sagemaker"
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture
