@@ -13,8 +13,34 @@ import asyncio
 import os
 import threading
 from asyncio import _get_running_loop
+from typing import Any
 
 from ._exceptions import MetricsBufError
+
+
+class _FixedThread:
+    """For an event loop that does not record its thread (not an asyncio.BaseEventLoop)."""
+
+    __slots__ = ("_thread_id",)
+
+    def __init__(self) -> None:
+        self._thread_id: int | None = threading.get_ident()
+
+
+def loop_thread_marker(loop: asyncio.AbstractEventLoop) -> Any:
+    """An object whose ``_thread_id`` equals ``threading.get_ident()`` only in the loop's own thread.
+
+    The log() fast path compares the two instead of calling ``asyncio._get_running_loop()``,
+    which makes a ``getpid()`` system call each time (a sizeable share of a log() call). An
+    asyncio loop records the thread that runs it in ``_thread_id``, and sets it to None when it
+    stops: so a call from another thread, or from another loop in this thread while the logger's
+    loop is stopped, takes the slow path, whose :meth:`RunContext.check` raises. A forked child
+    is refused by ``refuse_in_forked_child`` (the child's thread keeps the parent's id).
+    Other loop classes get the thread that started the logger.
+    """
+    if isinstance(loop, asyncio.BaseEventLoop) and getattr(loop, "_thread_id", None) == threading.get_ident():
+        return loop
+    return _FixedThread()
 
 
 class RunContext:

@@ -28,9 +28,11 @@ import dataclasses
 import enum
 import os
 import time
+import weakref
 from asyncio import _get_running_loop
 from collections.abc import Mapping
 from datetime import datetime
+from threading import get_ident as _get_ident
 from types import TracebackType
 from typing import Any
 
@@ -42,7 +44,7 @@ from . import _validation as v
 from ._accumulator import Accumulator
 from ._buffer import Point, PointQueue
 from ._client import MetricsClient, client_for
-from ._context import RunContext
+from ._context import RunContext, loop_thread_marker
 from ._exceptions import InvalidMetricError, LoggerClosedError, MetricsBufError
 from ._flusher import Flusher
 from ._intake import Intake
@@ -218,7 +220,10 @@ class MetricsLogger:
         # Where the logger runs: calls from another event loop, thread or (forked) process
         # get a clear error instead of points that would never be sent.
         self._context = RunContext()
-        self._loop: asyncio.AbstractEventLoop | None = None  # the fast path compares it
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Its ``_thread_id`` is the id of the thread running the logger's loop (while it runs):
+        # the fast path's check that a call comes from there (_context.loop_thread_marker).
+        self._home: Any = None
 
     @property
     def _client(self) -> MetricsClient | None:
@@ -273,6 +278,7 @@ class MetricsLogger:
             )
         self._state = _State.RUNNING  # claimed at once, so a concurrent second start() fails
         self._loop = loop
+        self._home = loop_thread_marker(loop)
         self._context.bind(loop)
         self._stack = contextlib.AsyncExitStack()
         try:
@@ -289,6 +295,7 @@ class MetricsLogger:
         self._closed = loop.create_future()
         self._flusher.start(loop)
         self._accepting = True
+        _running_loggers.add(self)  # a forked child refuses it (_refuse_in_forked_child)
         _sigterm.logger_started(self)  # the SIGTERM drain knows it (and may install itself: _sigterm.py)
 
     async def aclose(self) -> None:
@@ -444,7 +451,7 @@ class MetricsLogger:
         # else takes the general path below, which applies the same rules.
         if (
             self._accepting
-            and _get_running_loop() is self._loop  # not another loop, thread or forked process
+            and self._home._thread_id == _get_ident()  # the loop's thread, the loop running; no fork
             and type(value) is float
             and value - value == 0.0  # finite: inf - inf and nan - nan are nan
             and type(name) is str
@@ -458,9 +465,8 @@ class MetricsLogger:
             ledger.held += 1
             points = self._intake_points
             points.append((name, value, step, now, now))
-            length = len(points)
-            if length == 1 or length == self._max_batch_size:
-                self._wake_intake()
+            if len(points) == self._max_batch_size:
+                self._wake_intake()  # a full batch: the first point of one needs no wake-up
             return
         self._check_running()
         point = self._intake.make_point(name, value, step, timestamp, _wall_clock())
@@ -605,3 +611,17 @@ class MetricsLogger:
 
     def _is_closing(self) -> bool:
         return self._state is not _State.RUNNING
+
+
+# Loggers that were started, so that a forked child can refuse them at once (log()'s fast path
+# checks the thread, not the process: see _context.loop_thread_marker).
+_running_loggers: weakref.WeakSet[MetricsLogger] = weakref.WeakSet()
+
+
+def _refuse_in_forked_child() -> None:
+    for logger in list(_running_loggers):
+        logger._accepting = False  # every call now takes the slow path, which raises (RunContext)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_refuse_in_forked_child)

@@ -103,9 +103,7 @@ async def test_repeated_cancellation_past_close_timeout_reports_what_is_left() -
 
 async def test_repeated_cancellation_during_close_with_a_spool_releases_it(tmp_path: Path) -> None:
     client = SlowClient(latency=0.05)
-    metrics = MetricsLogger(
-        "run-1", client=client, max_in_flight=1, close_timeout=0.3, spool_dir=tmp_path
-    )
+    metrics = MetricsLogger("run-1", client=client, max_in_flight=1, close_timeout=0.3, spool_dir=tmp_path)
     await _job_cancelled_repeatedly(metrics, cancels=10, every=0.02)
     stats = metrics.stats
     assert_accounted(stats)
@@ -157,9 +155,7 @@ def test_cancel_all_tasks_twice_during_the_drain_still_delivers() -> None:
                 await metrics.log("loss", float(step), step=step)
             for task in asyncio.all_tasks():
                 task.cancel()
-            asyncio.get_running_loop().call_soon(
-                lambda: asyncio.ensure_future(cancel_everything_again())
-            )
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(cancel_everything_again()))
             await asyncio.sleep(3600)
 
     with pytest.raises(asyncio.CancelledError):
@@ -212,6 +208,27 @@ def test_logger_used_from_another_event_loop_raises_a_clear_error() -> None:
 
     asyncio.run(on_another_loop())
     assert metrics.stats.logged == 0
+
+
+def test_logger_whose_loop_stopped_used_from_another_loop_in_the_same_thread_raises() -> None:
+    loop = asyncio.new_event_loop()
+    client = FakeClient()
+    metrics = MetricsLogger("run-1", client=client)
+    try:
+        loop.run_until_complete(metrics.start())  # that loop stops; its flusher stays pending
+
+        async def on_another_loop() -> None:
+            for _ in range(3):
+                with pytest.raises(MetricsBufError, match="event loop"):
+                    await metrics.log("loss", 1.0, step=1)
+
+        asyncio.run(on_another_loop())
+        assert metrics.stats.logged == 0
+        loop.run_until_complete(metrics.log("loss", 2.0, step=2))  # its own loop again: accepted
+        loop.run_until_complete(metrics.aclose())
+    finally:
+        loop.close()
+    assert [p["Value"] for p in client.stored] == [2.0]
 
 
 async def test_logger_used_from_a_loop_in_another_thread_raises_a_clear_error() -> None:
@@ -457,6 +474,12 @@ _FORK_SCRIPT = textwrap.dedent(
             if pid == 0:
                 code = 0
                 try:
+                    await metrics.log("loss", 98.0)  # the child still runs this coroutine
+                    code = 6
+                except MetricsBufError as exc:
+                    if "fork" not in str(exc):
+                        code = 7
+                try:
                     metrics.log_nowait("loss", 99.0)
                     code = 3  # accepted in the child: it would never be sent
                 except MetricsBufError as exc:
@@ -482,9 +505,7 @@ _FORK_SCRIPT = textwrap.dedent(
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
 def test_a_forked_child_gets_a_clear_error_and_the_parent_is_unaffected() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["0", "10", "10"], result.stdout + result.stderr
 
