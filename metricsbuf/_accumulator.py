@@ -170,6 +170,12 @@ class Accumulator:
                 delay = resend_in if delay is None else min(delay, resend_in)
             if delay == 0.0:
                 return
+            if delay is None:
+                # Nothing queued: look again one flush_interval from now rather than wait to be
+                # woken by the first point logged (a wake-up costs the training loop a task
+                # switch, per batch). A point logged meanwhile is due flush_interval after it
+                # was logged, which is never before this look: its batch still leaves on time.
+                delay = queue.flush_interval
             await self._sleep_until_woken(delay)
 
     async def _sleep_until_woken(self, delay: float | None) -> None:

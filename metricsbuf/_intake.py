@@ -102,8 +102,10 @@ class Intake:
         self._ledger.accepted()
         points = self.points
         points.append(point)
-        length = len(points)
-        if length == 1 or length == self.max_batch_size:
+        if len(points) == self.max_batch_size:
+            # A full batch. The first point of one needs no wake-up: the sender (or spooler)
+            # waiting for points looks again on its own at least every flush_interval
+            # (spool_interval), in time for the point's batch to leave when it is due.
             self.wake()
 
     # -- the synchronous logger's hand-off (SyncMetricsLogger, _sync.py): called on the loop thread

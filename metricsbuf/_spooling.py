@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import os
 import time
 from collections import deque
@@ -369,8 +368,10 @@ class SpoolCoordinator:
                 await self._commit_and_load()
                 accumulator.wake()  # new points in the queue, perhaps
                 continue
+            if delay is None:
+                delay = self.spool_interval  # nothing due: look again then (see Intake.enqueue)
             self.wakeup = wakeup = anyio.Event()
-            with anyio.move_on_after(math.inf if delay is None else delay):
+            with anyio.move_on_after(delay):
                 await wakeup.wait()
 
     async def _commit_and_load(self) -> None:
