@@ -18,6 +18,18 @@ from typing import Any
 from ._exceptions import MetricsBufError
 
 
+def running_asyncio_loop() -> asyncio.AbstractEventLoop:
+    """The running asyncio event loop, or a clear error (a logger starts only on asyncio)."""
+    loop = _get_running_loop()
+    if loop is None:
+        raise MetricsBufError(
+            "MetricsLogger runs on asyncio only (aiobotocore needs an asyncio event loop), and no "
+            "asyncio event loop is running here (trio?); with anyio, use the asyncio backend: "
+            "anyio.run(main, backend='asyncio')"
+        )
+    return loop
+
+
 class _FixedThread:
     """For an event loop that does not record its thread (not an asyncio.BaseEventLoop)."""
 

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from ._exceptions import LoggerClosedError
 from ._models import CLOSE_TIMEOUT, FLUSHER_CRASHED
 from ._reporting import log
 from ._shielding import wait_through_cancellation
@@ -63,6 +64,30 @@ class Flusher:
                 fatal = fatal.exceptions[0]
             self.fatal = fatal
             log.error("metricsbuf: the background flusher died", exc_info=fatal)
+
+    def raise_if_fatal(self) -> None:
+        if self.fatal is not None:
+            raise LoggerClosedError(f"the metricsbuf flusher died: {self.fatal!r}") from self.fatal
+
+    def raise_why_stopped(self, running: bool) -> None:
+        """Raises why the logger takes no more points, if it is the flusher's doing."""
+        self.raise_if_fatal()
+        if self.cancelled_from_outside and running:
+            raise LoggerClosedError(
+                "the MetricsLogger's background flusher task was cancelled from outside (task.cancel(), "
+                "or the end of its event loop); it takes no more points. Close it (aclose()) on its "
+                "event loop to deliver what it holds"
+            )
+
+    def warn_if_cancelled_holding(self, held: int, trial_component: str | None) -> None:
+        if self.cancelled_from_outside and held:
+            log.warning(
+                "metricsbuf: the flusher task of trial component %r was cancelled from outside "
+                "(task.cancel(), or the end of its event loop) while %d points were held; they are "
+                "sent only if the logger is closed on its event loop ('async with' or aclose())",
+                trial_component,
+                held,
+            )
 
     def why_points_are_left(self, close_timeout: float) -> tuple[str, str]:
         """The failure code and message for points still held once the drain is over."""

@@ -10,7 +10,7 @@ may be sent). That choice is made once, here. ``log()``'s fast path does the sam
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import _validation as v
@@ -96,6 +96,27 @@ class Intake:
         if timestamp is None:
             return (name, value, step, now, now)
         return (name, value, step, v.coerce_timestamp(name, timestamp, now), now)
+
+    def make_points(self, metrics: Any, step: Any, timestamp: Any, now: float) -> list[Point]:
+        """Validates every point of a ``log_many`` call; returns those to accept.
+
+        All or nothing: raises InvalidMetricError at the first invalid one, and only then,
+        with every point valid, counts the non-finite ones skipped under ``non_finite="drop"``.
+        """
+        if not isinstance(metrics, Mapping):
+            kind = type(metrics).__name__
+            raise InvalidMetricError(f"log_many takes a mapping of name to value, got {kind}")
+        points: list[Point] = []
+        non_finite: list[tuple[str, Any]] = []
+        for name, value in metrics.items():
+            point = self.make_point(name, value, step, timestamp, now)
+            if point is None:
+                non_finite.append((name, value))
+            else:
+                points.append(point)
+        for name, value in non_finite:
+            self._ledger.record_rejected(name, value)
+        return points
 
     def enqueue(self, point: Point) -> None:
         """Counts a valid point as logged and puts it where accepted points go."""

@@ -29,7 +29,6 @@ import enum
 import os
 import time
 import weakref
-from asyncio import _get_running_loop
 from collections.abc import Mapping
 from datetime import datetime
 from threading import get_ident as _get_ident
@@ -41,23 +40,17 @@ import anyio.lowlevel
 
 from . import _sigterm
 from . import _validation as v
-from ._accumulator import Accumulator
-from ._buffer import Point, PointQueue
 from ._client import MetricsClient, client_for
-from ._context import RunContext, loop_thread_marker
-from ._exceptions import InvalidMetricError, LoggerClosedError, MetricsBufError
+from ._context import RunContext, loop_thread_marker, running_asyncio_loop
+from ._exceptions import LoggerClosedError, MetricsBufError
 from ._flusher import Flusher
-from ._intake import Intake
-from ._ledger import Ledger
 from ._models import FailedMetric, MetricsStats
 from ._options import LoggerOptions, NonFinite, OnFull
-from ._pacing import StepPacer
+from ._parts import Parts
 from ._reporting import FailureCallback, log
 from ._sagemaker_job import find_trial_component
-from ._sender import Sender
-from ._shielding import wait_through_cancellation
+from ._shielding import close_through_cancellation, wait_through_cancellation
 from ._spool import SpoolError
-from ._spooling import SpoolCoordinator
 from ._validation import MAX_STEP
 
 # How long aclose() waits for cancelled sends to unwind after close_timeout, before it
@@ -155,55 +148,17 @@ class MetricsLogger:
         max_spool_bytes: int = 1 << 30,
         offline: bool = False,
     ) -> None:
+        self._options = options = LoggerOptions.from_arguments(locals())  # first: locals() is the arguments
         # None: found at start (the environment, or the SageMaker job; see _sagemaker_job.py).
         self._trial_component: str | None = None
         self._trial_component_source: str | None = None
         if trial_component_name is not None:
             self._trial_component = v.check_trial_component_name(trial_component_name)
-        self._options = options = LoggerOptions(
-            client=client,
-            region_name=region_name,
-            endpoint_url=endpoint_url,
-            max_batch_size=max_batch_size,
-            flush_interval=flush_interval,
-            max_buffered=max_buffered,
-            on_full=on_full,
-            max_in_flight=max_in_flight,
-            max_attempts=max_attempts,
-            delivery_timeout=delivery_timeout,
-            close_timeout=close_timeout,
-            non_finite=non_finite,
-            on_failure=on_failure,
-            backoff_initial=backoff_initial,
-            backoff_max=backoff_max,
-            spool_dir=spool_dir,
-            spool_interval=spool_interval,
-            max_spool_bytes=max_spool_bytes,
-            offline=offline,
-        )
-        # The parts (see the module docstring).
-        placeholder = self._trial_component or ""  # the parts learn the name at start if it is not known yet
-        self._ledger = Ledger(placeholder, options.on_failure)
-        queue = PointQueue(options.max_batch_size, options.flush_interval)
-        self._accumulator = Accumulator(
-            queue,
-            delivery_timeout=options.delivery_timeout,
-            trial_component=placeholder,
-            spooled=options.spool_dir is not None,
-        )
-        self._pacer = StepPacer()  # one heavy step of a send per event-loop iteration
-        self._sender = Sender(options, self._accumulator, self._ledger, self._pacer)
-        self._spool: SpoolCoordinator | None = None
-        if options.spool_dir is not None:
-            self._spool = SpoolCoordinator(
-                options.spool_dir,
-                trial_component=placeholder,
-                options=options,
-                ledger=self._ledger,
-                accumulator=self._accumulator,
-            )
-            self._ledger.listener = self._spool
-        self._intake = Intake(options, self._ledger, self._accumulator, self._spool, self._check_running)
+        # The parts (see the module docstring); they learn the trial component at start if it
+        # is not known yet.
+        self._parts = parts = Parts.build(options, self._trial_component or "", self._check_running)
+        self._ledger, self._accumulator, self._pacer = parts.ledger, parts.accumulator, parts.pacer
+        self._sender, self._spool, self._intake = parts.sender, parts.spool, parts.intake
         # Read by log()'s fast path at every call: attributes of the logger's own.
         self._intake_points = self._intake.points
         self._wake_intake = self._intake.wake
@@ -224,10 +179,6 @@ class MetricsLogger:
         # Its ``_thread_id`` is the id of the thread running the logger's loop (while it runs):
         # the fast path's check that a call comes from there (_context.loop_thread_marker).
         self._home: Any = None
-
-    @property
-    def _client(self) -> MetricsClient | None:
-        return self._sender.client
 
     # ------------------------------------------------------------------------------------------
     # Lifecycle
@@ -250,7 +201,7 @@ class MetricsLogger:
             return
         try:
             cancelled = await self._close()
-            self._raise_if_fatal()
+            self._flusher.raise_if_fatal()
         except MetricsBufError as own_failure:
             log.error("metricsbuf: %s (while the body of 'async with' raised %r)", own_failure, exc)
             if hasattr(exc, "add_note"):  # Python 3.11+
@@ -269,13 +220,7 @@ class MetricsLogger:
         """
         if self._state is not _State.NEW:
             raise MetricsBufError("a MetricsLogger can be started only once; create a new one")
-        loop = _get_running_loop()
-        if loop is None:  # before anything is acquired: nothing to release
-            raise MetricsBufError(
-                "MetricsLogger runs on asyncio only (aiobotocore needs an asyncio event loop), and no "
-                "asyncio event loop is running here (trio?); with anyio, use the asyncio backend: "
-                "anyio.run(main, backend='asyncio')"
-            )
+        loop = running_asyncio_loop()  # raises before anything is acquired: nothing to release
         self._state = _State.RUNNING  # claimed at once, so a concurrent second start() fails
         self._loop = loop
         self._home = loop_thread_marker(loop)
@@ -316,7 +261,7 @@ class MetricsLogger:
             return
         if await self._close():
             raise asyncio.CancelledError
-        self._raise_if_fatal()
+        self._flusher.raise_if_fatal()
 
     async def _aclose_within(self, close_timeout: float) -> None:
         """``aclose()`` with another close_timeout (SyncMetricsLogger.close(timeout), the SIGTERM drain)."""
@@ -370,15 +315,8 @@ class MetricsLogger:
         The client gets ``_CANCEL_GRACE`` seconds; the spool is released even if closing the
         client is cut short. Returns whether the caller was cancelled meanwhile.
         """
-        assert self._loop is not None and self._stack is not None
-        closing = self._loop.create_task(self._stack.aclose())
-        cancelled = await wait_through_cancellation(closing, _CANCEL_GRACE)
-        if not closing.done():
-            log.warning("metricsbuf: closing the client took longer than %g s; left to finish", _CANCEL_GRACE)
-        elif not closing.cancelled() and closing.exception() is not None:
-            log.warning(
-                "metricsbuf: error while closing the client or the spool", exc_info=closing.exception()
-            )
+        assert self._stack is not None
+        cancelled = await close_through_cancellation(self._stack, _CANCEL_GRACE, "the client or the spool")
         if self._spool is not None:
             await self._spool.close()  # idempotent; survives cancellation (SpoolCoordinator._run)
         return cancelled
@@ -388,20 +326,9 @@ class MetricsLogger:
         flusher = self._flusher
         if flusher.fatal is not None or flusher.cancelled_from_outside:
             self._accepting = False
-        if flusher.cancelled_from_outside and self._state is _State.RUNNING and self._ledger.held:
-            log.warning(
-                "metricsbuf: the flusher task of trial component %r was cancelled from outside "
-                "(task.cancel(), or the end of its event loop) while %d points were held; they are "
-                "sent only if the logger is closed on its event loop ('async with' or aclose())",
-                self._trial_component,
-                self._ledger.held,
-            )
+        if self._state is _State.RUNNING:
+            flusher.warn_if_cancelled_holding(self._ledger.held, self._trial_component)
         self._wake_all()
-
-    def _raise_if_fatal(self) -> None:
-        fatal = self._flusher.fatal
-        if fatal is not None:
-            raise LoggerClosedError(f"the metricsbuf flusher died: {fatal!r}") from fatal
 
     def _check_running(self) -> None:
         if not self._accepting:
@@ -410,16 +337,10 @@ class MetricsLogger:
 
     def _raise_not_running(self) -> None:
         self._context.check()
-        self._raise_if_fatal()
+        self._flusher.raise_why_stopped(running=self._state is _State.RUNNING)
         if self._state is _State.NEW:
             raise MetricsBufError(
                 "the MetricsLogger is not started: use 'async with' or 'await logger.start()'"
-            )
-        if self._flusher.cancelled_from_outside and self._state is _State.RUNNING:
-            raise LoggerClosedError(
-                "the MetricsLogger's background flusher task was cancelled from outside (task.cancel(), "
-                "or the end of its event loop); it takes no more points. Close it (aclose()) on its "
-                "event loop to deliver what it holds"
             )
         raise LoggerClosedError("the MetricsLogger is closed")
 
@@ -490,21 +411,7 @@ class MetricsLogger:
         waits until all of them fit. The drop policies apply to each point.
         """
         self._check_running()
-        if not isinstance(metrics, Mapping):
-            raise InvalidMetricError(
-                f"log_many takes a mapping of name to value, got {type(metrics).__name__}"
-            )
-        now = _wall_clock()
-        points: list[Point] = []
-        non_finite: list[tuple[str, Any]] = []
-        for name, value in metrics.items():
-            point = self._intake.make_point(name, value, step, timestamp, now)
-            if point is None:
-                non_finite.append((name, value))
-            else:
-                points.append(point)
-        for name, value in non_finite:  # counted only once every point has passed
-            self._ledger.record_rejected(name, value)
+        points = self._intake.make_points(metrics, step, timestamp, _wall_clock())
         if points:
             await self._intake.accept(points)
 
@@ -549,7 +456,7 @@ class MetricsLogger:
                 if self._state is _State.RUNNING and not self._accepting:
                     self._raise_not_running()  # the flusher died, or was cancelled from outside
                 await self._ledger.progress().wait()
-                self._raise_if_fatal()
+                self._flusher.raise_if_fatal()
 
     @property
     def stats(self) -> MetricsStats:
@@ -579,9 +486,7 @@ class MetricsLogger:
         )
         name = self._trial_component = resolved.name
         self._trial_component_source = resolved.source
-        for part in (self._ledger, self._ledger.reporter, self._accumulator, self._spool):
-            if part is not None:
-                part.trial_component = name
+        self._parts.name_trial_component(name)
         self._flusher.name = f"metricsbuf-flusher[{name}]"
         log.info("metricsbuf: logging to trial component %r (%s)", name, resolved.source)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Literal, get_args
 
 from . import _validation as v
@@ -45,6 +46,15 @@ class LoggerOptions:
     spool_interval: float
     max_spool_bytes: int
     offline: bool
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, object]) -> LoggerOptions:
+        """The options among a constructor's arguments (``locals()`` at the top of its body).
+
+        ``MetricsLogger.__init__`` names every option in its signature, with the same names as
+        the fields here (tests/test_options.py checks that they match).
+        """
+        return cls(**{field.name: arguments[field.name] for field in fields(cls)})  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         def checked(option: str, value: object) -> None:

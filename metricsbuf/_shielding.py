@@ -12,9 +12,12 @@ its caller can pass the cancellation on once the work is done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import anyio
+
+from ._reporting import log
 
 
 async def wait_through_cancellation(future: asyncio.Future[Any], within: float | None = None) -> bool:
@@ -47,3 +50,18 @@ def rearm_cancellation() -> None:
     task = asyncio.current_task()
     if task is not None:
         task.cancel()
+
+
+async def close_through_cancellation(stack: contextlib.AsyncExitStack, within: float, what: str) -> bool:
+    """Closes ``stack`` in a task of its own, waiting at most ``within`` seconds, whatever cancels the caller.
+
+    A close that takes longer is left to finish, with a warning; an error in it is logged, never
+    raised. Returns whether the calling task was cancelled meanwhile (see wait_through_cancellation).
+    """
+    closing = asyncio.get_running_loop().create_task(stack.aclose())
+    cancelled = await wait_through_cancellation(closing, within)
+    if not closing.done():
+        log.warning("metricsbuf: closing %s took longer than %g s; left to finish", what, within)
+    elif not closing.cancelled() and closing.exception() is not None:
+        log.warning("metricsbuf: error while closing %s", what, exc_info=closing.exception())
+    return cancelled

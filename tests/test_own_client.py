@@ -28,7 +28,7 @@ async def test_missing_region_fails_at_enter(aws_env: pytest.MonkeyPatch) -> Non
 
 async def test_own_client_is_created_and_closed(aws_env: pytest.MonkeyPatch) -> None:
     async with MetricsLogger("run-1", region_name="eu-west-1", endpoint_url="http://127.0.0.1:9") as metrics:
-        client = metrics._client
+        client = metrics._sender.client
         assert client is not None
         config = client.meta.config  # type: ignore[attr-defined]
         assert client.meta.region_name == "eu-west-1"  # type: ignore[attr-defined]
@@ -78,7 +78,7 @@ async def test_own_client_sends_a_fixed_user_agent(aws_env: pytest.MonkeyPatch) 
     async with FakeMetricsService() as service:
         url = service.endpoint_url
         async with MetricsLogger("run-1", region_name="us-east-1", endpoint_url=url) as metrics:
-            events = metrics._client.meta.events  # type: ignore[union-attr]
+            events = metrics._sender.client.meta.events  # type: ignore[union-attr]
             events.register("before-send.sagemaker-metrics", record)
             for step in range(25):
                 await metrics.log("loss", 0.5, step=step)
@@ -93,5 +93,5 @@ async def test_own_client_sends_a_fixed_user_agent(aws_env: pytest.MonkeyPatch) 
 async def test_own_client_user_agent_keeps_the_application_id(aws_env: pytest.MonkeyPatch) -> None:
     aws_env.setenv("AWS_SDK_UA_APP_ID", "team trainer#7")
     async with MetricsLogger("run-1", region_name="us-east-1", endpoint_url="http://127.0.0.1:9") as metrics:
-        config = metrics._client.meta.config  # type: ignore[union-attr]
+        config = metrics._sender.client.meta.config  # type: ignore[union-attr]
     assert " app/team-trainer#7" in config.user_agent  # sanitized the way botocore does
