@@ -35,6 +35,21 @@ async def test_partial_batch_waits_for_flush_interval(client: FakeClient) -> Non
     assert [len(r) for r in client.requests] == [1]
 
 
+async def test_a_point_logged_while_the_sender_idles_leaves_flush_interval_after_it_was_logged(
+    client: FakeClient,
+) -> None:
+    # The first point of a batch wakes no one: the idle sender looks again every flush_interval
+    # and then waits for the rest of the point's own interval (neither early nor a second one).
+    async with MetricsLogger("run-1", client=client, flush_interval=1.0) as metrics:
+        await asyncio.sleep(0.5)  # the sender has been waiting half an interval already
+        logged_at = time.monotonic()
+        await metrics.log("loss", 1.0)
+        while not client.requests:  # noqa: ASYNC110 (polling the fake is the simplest probe here)
+            await asyncio.sleep(0.01)
+        waited = time.monotonic() - logged_at
+    assert 0.85 <= waited < 1.45, waited
+
+
 async def test_flush_sends_partial_batches_at_once(client: FakeClient) -> None:
     async with MetricsLogger("run-1", client=client, flush_interval=3600.0) as metrics:
         for step in range(13):
