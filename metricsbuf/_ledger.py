@@ -53,12 +53,12 @@ class OutcomeListener(Protocol):
 class Ledger:
     """Counters, the held count, the failure reporter, and the signals that wait on them.
 
-    ``logged``, ``held`` and ``max_buffered`` are read and written directly by the logger's
-    fast path (one attribute each, no call); every other change goes through a method.
+    ``held`` is read and written directly by the logger's fast path (one attribute, no call);
+    every other change goes through a method. ``logged`` is not a counter of its own: it is
+    derived from where the points are (see :attr:`logged`), so the fast path keeps one count.
     """
 
     __slots__ = (
-        "logged",
         "delivered",
         "failed",
         "dropped",
@@ -76,7 +76,7 @@ class Ledger:
 
     def __init__(self, trial_component: str, on_failure: FailureCallback | None) -> None:
         self.trial_component = trial_component  # for messages; set at start when found then
-        self.logged = self.delivered = self.failed = self.dropped = 0
+        self.delivered = self.failed = self.dropped = 0
         self.rejected = self.retried = self.requests = 0
         # Accepted and not yet settled: queued, in flight, waiting to be resent, or (with a
         # spool) staged or being written. Kept explicitly: the fast path compares it with
@@ -91,7 +91,6 @@ class Ledger:
     # -- outcomes ---------------------------------------------------------------------------
 
     def accepted(self, count: int = 1) -> None:
-        self.logged += count
         self.held += count
 
     def record_delivered(self, points: list[Point]) -> None:
@@ -130,7 +129,6 @@ class Ledger:
 
     def record_dropped_new(self) -> None:
         """A new point accepted and dropped at once by the on_full policy (it counts as logged)."""
-        self.logged += 1
         self.dropped += 1
 
     def record_rejected(self, name: str, value: object) -> None:
@@ -225,6 +223,15 @@ class Ledger:
         self.notify_progress()
 
     # -- reading --------------------------------------------------------------------------------
+
+    @property
+    def logged(self) -> int:
+        """Every point accepted: each is delivered, failed, dropped or pending (held, or on disk only).
+
+        That is the accounting invariant of ``stats``, so it is computed rather than counted.
+        """
+        on_disk = self.listener.pending_on_disk_only if self.listener is not None else 0
+        return self.delivered + self.failed + self.dropped + self.held + on_disk
 
     def log_summary(self) -> None:
         """One line at close: a warning if anything failed or was dropped."""

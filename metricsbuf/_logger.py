@@ -382,7 +382,6 @@ class MetricsLogger:
             and (ledger := self._ledger).held < self._max_buffered
         ):
             now = _wall_clock()
-            ledger.logged += 1
             ledger.held += 1
             points = self._intake_points
             points.append((name, value, step, now, now))

@@ -105,7 +105,7 @@ class SpoolCoordinator:
         except BaseException:
             await self.close()  # the lock and the thread are released
             raise
-        self._ledger.logged += self.recovered  # a previous run's leftovers count as logged
+        # A previous run's leftovers count as logged: they are pending on disk (ledger.logged).
         if self.recovered:
             log.info(
                 "metricsbuf: %d undelivered points from a previous run found in the spool %s; "
