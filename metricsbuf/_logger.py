@@ -59,6 +59,8 @@ _CANCEL_GRACE = 2.0
 _wall_clock = time.time  # a module global: one lookup on the hot path
 # A position above every point's: flush everything.
 _EVERYTHING = 1 << 62
+# log()'s fast path checks a step's range with one shift (`not step >> 31`).
+assert MAX_STEP == (1 << 31) - 1
 
 
 class _State(enum.Enum):
@@ -378,7 +380,7 @@ class MetricsLogger:
             and type(name) is str
             and name in self._known_names
             and timestamp is None
-            and (step is None or (type(step) is int and 0 <= step <= MAX_STEP))
+            and (step is None or (type(step) is int and not step >> 31))  # 0..MAX_STEP
             and (ledger := self._ledger).held < self._max_buffered
         ):
             now = _wall_clock()

@@ -82,3 +82,14 @@ def test_trial_component_names_longer_than_120_characters_are_rejected() -> None
     with pytest.raises(InvalidMetricError, match="1-120 characters"):
         MetricsLogger("a" + "-" * 119 + "b", client=FakeClient())
     MetricsLogger("a" + "-" * 118 + "b", client=FakeClient())  # 120: accepted
+
+
+async def test_the_step_range_is_the_same_on_the_fast_path_as_on_the_slow_one(client: FakeClient) -> None:
+    async with MetricsLogger("run-1", client=client) as metrics:
+        await metrics.log("loss", 1.0, step=0)  # the name is known now: the next calls take the fast path
+        await metrics.log("loss", 2.0, step=2**31 - 1)
+        for step in (-1, 2**31, 2**62, -(2**40)):
+            with pytest.raises(InvalidMetricError, match="step"):
+                await metrics.log("loss", 3.0, step=step)
+        assert metrics.stats.logged == 2
+    assert sorted(p["Step"] for p in client.stored) == [0, 2**31 - 1]
