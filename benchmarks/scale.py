@@ -6,7 +6,10 @@ with a shared token-bucket ``rate_limit`` (requests/s) low enough that the run i
 Contenders, run in the same invocation, one after the other against a fresh service:
 
 - ``metricsbuf``: ``MetricsLogger(tc, endpoint_url=..., region_name=...)`` with every other option
-  at its default; the writer logs its points (``await log``), then ``await flush()``.
+  at its default (the adaptive rate is off by default); the writer logs its points
+  (``await log``), then ``await flush()``.
+- ``metricsbuf_adaptive``: the same, with the experimental adaptive send rate (_rate.py) switched
+  on through a private attribute.
 - ``botocore_adaptive``: hand-batched aiobotocore, batches of 10 points, 4 concurrent requests
   (metricsbuf's default ``max_in_flight``), client made with
   ``AioConfig(retries={"mode": "adaptive"}, parameter_validation=False)``; a request whose
@@ -61,11 +64,12 @@ GOALS = {
 # ---- the writers (each in its own process) ---------------------------------------------------
 
 
-async def _metricsbuf_writer(endpoint: str, tc: str, n: int, go: Any) -> dict[str, Any]:
+async def _metricsbuf_writer(endpoint: str, tc: str, n: int, go: Any, adaptive: bool) -> dict[str, Any]:
     from metricsbuf import MetricsLogger
 
     async with MetricsLogger(tc, endpoint_url=endpoint, region_name=REGION) as metrics:
-        metrics._sender.adaptive_rate = os.environ.get("SCALE_ADAPTIVE", "1") == "1"
+        if adaptive:
+            metrics._sender.adaptive_rate = True
         await asyncio.to_thread(go.wait)
         started = time.time()
         for step in range(n):
@@ -126,11 +130,12 @@ async def _botocore_writer(endpoint: str, tc: str, n: int, go: Any) -> dict[str,
 def _writer_main(contender: str, endpoint: str, tc: str, n: int, go: Any, ready: Any, out: Any) -> None:
     os.environ.update(ENV)
     try:
-        writer = _metricsbuf_writer if contender == "metricsbuf" else _botocore_writer
 
         async def main() -> dict[str, Any]:
             ready.release()
-            return await writer(endpoint, tc, n, go)
+            if contender == "botocore_adaptive":
+                return await _botocore_writer(endpoint, tc, n, go)
+            return await _metricsbuf_writer(endpoint, tc, n, go, contender == "metricsbuf_adaptive")
 
         out.put((tc, asyncio.run(main())))
     except BaseException as exc:  # noqa: BLE001
@@ -264,7 +269,9 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "(burst + R x T) x 10 points, T from the first writer's start to the last writer's end. "
         "Goodput = distinct points stored / capacity. Throttled share = requests refused by the "
         "limit / all requests. Jain's index over the writers' rates (points stored / own duration). "
-        "metricsbuf runs with default options (logs, then `flush()`); botocore_adaptive is "
+        "metricsbuf runs with default options (logs, then `flush()`; the adaptive rate is off by "
+        "default); metricsbuf_adaptive is the same with the experimental adaptive rate switched on; "
+        "botocore_adaptive is "
         'hand-batched aiobotocore with `retries={"mode": "adaptive"}` and 4 concurrent requests.',
         "",
         "| K | points each | R (req/s) | contender | T (s) | goodput | throttled share | requests | "
@@ -277,9 +284,9 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{m['seconds']:.1f} | {m['goodput']:.3f} | {m['throttled_share']:.3f} | {m['requests']} | "
             f"{m['lost']} | {m['failed']} | {m['jain']:.3f} | {', '.join(map(str, m['writer_rates']))} |"
         )
-    lines += ["", "## Goals (metricsbuf)", ""]
+    lines += ["", "## Goals (metricsbuf, both modes)", ""]
     for m in runs:
-        if m["contender"] != "metricsbuf":
+        if not m["contender"].startswith("metricsbuf"):
             continue
         other = next(
             (
@@ -293,7 +300,7 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
         )
         met = goals(m, other)
         lines.append(
-            f"- K = {m['writers']}, R = {m['rate_limit']:g} (repeat {m.get('repeat', 0)}): "
+            f"- {m['contender']}, K = {m['writers']}, R = {m['rate_limit']:g} (repeat {m.get('repeat', 0)}): "
             + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in met.items())
         )
     lines += ["", "## Every run (JSON)", "", "```json", *(json.dumps(m) for m in runs), "```", ""]
@@ -309,7 +316,7 @@ def main() -> None:
     parser.add_argument("--rate-limit", type=float, default=40.0, help="shared requests/s (default 40)")
     parser.add_argument("--seconds", type=float, default=25.0, help="target run length at the limit")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--contenders", default="metricsbuf,botocore_adaptive")
+    parser.add_argument("--contenders", default="metricsbuf,metricsbuf_adaptive,botocore_adaptive")
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--quick", action="store_true", help="10 s runs; print only")
     parser.add_argument("--out", default=str(HERE / "SCALE_RESULTS.md"))
