@@ -226,6 +226,68 @@ def run_one(contender: str, writers: int, points: int, rate_limit: float, timeou
     }
 
 
+def run_in_process(contender: str, writers: int, points: int, rate_limit: float) -> dict[str, Any]:
+    """The same writers as loggers in ONE process and event loop, against one
+    `InMemoryMetricsClient(rate_limit=R)` (no HTTP, no other processes): what the rate control
+    does when every writer starts at the same instant and gets the CPU alike."""
+    from metricsbuf import MetricsLogger
+    from metricsbuf.testing import InMemoryMetricsClient
+
+    burst = max(1, int(rate_limit))
+
+    async def main() -> dict[str, Any]:
+        client = InMemoryMetricsClient(
+            rate_limit=rate_limit, rate_limit_burst=burst, parameter_validation=False
+        )
+        spans: dict[str, tuple[float, float]] = {}
+        failed = 0
+        cuts: dict[str, int] = {}
+
+        async def writer(tc: str) -> None:
+            nonlocal failed
+            async with MetricsLogger(tc, client=client) as metrics:
+                if contender == "metricsbuf_adaptive":
+                    metrics._sender.adaptive_rate = True
+                started = time.time()
+                for step in range(points):
+                    await metrics.log("loss", float(step), step=step)
+                await metrics.flush()
+                spans[tc] = (started, time.time())
+                failed += metrics.stats.failed
+                cuts[tc] = metrics._sender.rate.cuts
+
+        await asyncio.gather(*(writer(f"writer-{i}") for i in range(writers)))
+        stored = Counter(
+            p.trial_component for p in {(p.trial_component, p.step): p for p in client.points}.values()
+        )
+        start = min(a for a, _ in spans.values())
+        span = max(b for _, b in spans.values()) - start
+        rates = [stored[tc] / (b - a) for tc, (a, b) in sorted(spans.items())]
+        counts = client.counts
+        return {
+            "contender": contender,
+            "mode": "in-process",
+            "writers": writers,
+            "points_each": points,
+            "rate_limit": rate_limit,
+            "burst": burst,
+            "seconds": span,
+            "stored": sum(stored.values()),
+            "logged": writers * points,
+            "lost": writers * points - sum(stored.values()),
+            "failed": failed,
+            "requests": counts["requests"],
+            "rate_limited": counts["rate_limited"],
+            "throttled_share": counts["rate_limited"] / max(1, counts["requests"]),
+            "goodput": sum(stored.values()) / ((burst + rate_limit * span) * 10),
+            "jain": jain(rates),
+            "writer_rates": [round(r, 1) for r in rates],
+            "cuts": [cuts[tc] for tc in sorted(cuts)],
+        }
+
+    return asyncio.run(main())
+
+
 # ---- the report ------------------------------------------------------------------------------
 
 
@@ -278,15 +340,36 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "lost | failed | Jain | writer rates (points/s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for m in runs:
+    for m in (m for m in runs if m.get("mode") != "in-process"):
         lines.append(
             f"| {m['writers']} | {m['points_each']} | {m['rate_limit']:g} | {m['contender']} | "
             f"{m['seconds']:.1f} | {m['goodput']:.3f} | {m['throttled_share']:.3f} | {m['requests']} | "
             f"{m['lost']} | {m['failed']} | {m['jain']:.3f} | {', '.join(map(str, m['writer_rates']))} |"
         )
+    in_process = [m for m in runs if m.get("mode") == "in-process"]
+    if in_process:
+        lines += [
+            "",
+            "## The same writers in one process",
+            "",
+            "K loggers in ONE process and event loop against one `InMemoryMetricsClient(rate_limit=R, "
+            "rate_limit_burst=R)` (no HTTP): every writer starts at the same instant and gets the CPU "
+            "alike. Not a goal line: it separates what the rate control does from what K processes "
+            "starting one after the other on 2 shared cores add.",
+            "",
+            "| K | points each | R (req/s) | contender | T (s) | goodput | throttled share | requests | "
+            "lost | failed | Jain | writer rates (points/s) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for m in in_process:
+            lines.append(
+                f"| {m['writers']} | {m['points_each']} | {m['rate_limit']:g} | {m['contender']} | "
+                f"{m['seconds']:.1f} | {m['goodput']:.3f} | {m['throttled_share']:.3f} | {m['requests']} | "
+                f"{m['lost']} | {m['failed']} | {m['jain']:.3f} | {', '.join(map(str, m['writer_rates']))} |"
+            )
     lines += ["", "## Goals (metricsbuf, both modes)", ""]
     for m in runs:
-        if not m["contender"].startswith("metricsbuf"):
+        if not m["contender"].startswith("metricsbuf") or m.get("mode") == "in-process":
             continue
         other = next(
             (
@@ -318,6 +401,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--contenders", default="metricsbuf,metricsbuf_adaptive,botocore_adaptive")
     parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--no-in-process", action="store_true", help="skip the one-process runs")
     parser.add_argument("--quick", action="store_true", help="10 s runs; print only")
     parser.add_argument("--out", default=str(HERE / "SCALE_RESULTS.md"))
     args = parser.parse_args()
@@ -333,6 +417,12 @@ def main() -> None:
                 m["repeat"] = repeat
                 runs.append(m)
                 print(json.dumps(m), flush=True)
+            if not args.no_in_process:
+                for contender in ("metricsbuf", "metricsbuf_adaptive"):
+                    m = run_in_process(contender, k, points, args.rate_limit)
+                    m["repeat"] = repeat
+                    runs.append(m)
+                    print(json.dumps(m), flush=True)
     text = report(runs, args)
     if args.quick:
         print(text)
