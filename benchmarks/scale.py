@@ -25,6 +25,7 @@ Figures (every one from the service's own counters and the writers' clocks):
 
     python benchmarks/scale.py                     # K = 4 and 8, writes benchmarks/SCALE_RESULTS.md
     python benchmarks/scale.py --quick             # smaller, prints only
+    python benchmarks/scale.py --arithmetic        # the scale study's arithmetic (no run), see SCALE.md
 """
 
 from __future__ import annotations
@@ -390,6 +391,53 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def requests_per_second(points_per_second: float, flush_interval: float, batch: int = 10) -> float:
+    """One logger's steady request rate: full batches, or one partial batch per flush_interval."""
+    if points_per_second * flush_interval >= batch:
+        return points_per_second / batch
+    return min(points_per_second, 1.0 / flush_interval)
+
+
+def arithmetic(args: argparse.Namespace) -> str:
+    """The scale study's arithmetic: points/s -> requests/s -> load on an assumed service limit."""
+    from metricsbuf._rate import MIN_RATE
+
+    hosts, ranks, metrics = args.hosts, args.ranks, args.metrics
+    limits = [float(x) for x in args.limits.split(",")]
+    layouts = (("every rank", hosts * ranks), ("one rank per host", hosts), ("rank zero only", 1))
+    lines = [
+        f"{hosts} hosts x {ranks} ranks, {metrics} metrics per step each, flush_interval "
+        f"{args.flush_interval:g} s, 10 points per request. Service limit L (requests/s, shared by the "
+        f"account; not published: assumed) = {', '.join(f'{x:g}' for x in limits)}.",
+        "",
+        "| who logs | loggers | step (s) | points/s | requests/s | "
+        + " | ".join(f"x L={x:g}" for x in limits)
+        + " | share per logger at "
+        + ", ".join(f"L={x:g}" for x in limits)
+        + " (req/s) |",
+        "|---|---|---|---|---|" + "---|" * len(limits) + "---|",
+    ]
+    for who, loggers in layouts:
+        for step in (float(x) for x in args.steps.split(",")):
+            pps = metrics / step
+            total_pps = pps * loggers
+            rps = requests_per_second(pps, args.flush_interval) * loggers
+            lines.append(
+                f"| {who} | {loggers} | {step:g} | {total_pps:,.0f} | {rps:,.1f} | "
+                + " | ".join(f"{rps / x:,.2f}" for x in limits)
+                + " | "
+                + ", ".join(f"{x / loggers:.3g}" for x in limits)
+                + " |"
+            )
+    lines += [
+        "",
+        f"x L = offered requests/s over the limit (above 1: overload). The adaptive rate never goes "
+        f"below {MIN_RATE:g} request/s per logger (it keeps probing), so {MIN_RATE:g} x loggers must "
+        "stay under L for it to settle.",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -401,10 +449,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--contenders", default="metricsbuf,metricsbuf_adaptive,botocore_adaptive")
     parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--arithmetic", action="store_true", help="print the scale study's arithmetic")
+    parser.add_argument("--hosts", type=int, default=64)
+    parser.add_argument("--ranks", type=int, default=8)
+    parser.add_argument("--metrics", type=int, default=20, help="metrics logged per step per rank")
+    parser.add_argument("--steps", default="0.1,0.5,2", help="seconds per training step")
+    parser.add_argument("--limits", default="10,50,200", help="assumed service limits, requests/s")
+    parser.add_argument("--flush-interval", type=float, default=1.0)
     parser.add_argument("--no-in-process", action="store_true", help="skip the one-process runs")
     parser.add_argument("--quick", action="store_true", help="10 s runs; print only")
     parser.add_argument("--out", default=str(HERE / "SCALE_RESULTS.md"))
     args = parser.parse_args()
+    if args.arithmetic:
+        print(arithmetic(args))
+        return
     if args.quick:
         args.seconds = 10.0
     runs: list[dict[str, Any]] = []
