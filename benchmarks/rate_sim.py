@@ -10,7 +10,7 @@ Goodput, throttled share and Jain's index are computed as in benchmarks/scale.py
 It compares metricsbuf's experimental AdaptiveRate (_rate.py) with variants tried while looking
 for one that meets issue 12's goals (see SCALE.md, "Why the adaptive rate misses at K = 8"):
 
-    python benchmarks/rate_sim.py [--seeds 6] [--variants current,absolute_cubic,...]
+    python benchmarks/rate_sim.py [--seeds 6] [--seconds 25] [--variants current,absolute_cubic,...]
 """
 
 from __future__ import annotations
@@ -166,13 +166,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--rate-limit", type=float, default=40.0)
+    parser.add_argument("--seconds", type=float, default=25.0, help="run length at the limit")
     args = parser.parse_args()
     print("| variant | K | goodput (mean, min) | throttled share (mean, max) | Jain (mean, min) |")
     print("|---|---|---|---|---|")
     for name in args.variants.split(","):
         for k in (4, 8):
             runs = [
-                simulate(VARIANTS[name], k, int(args.rate_limit * 25 / k), args.rate_limit, seed)
+                simulate(VARIANTS[name], k, int(args.rate_limit * args.seconds / k), args.rate_limit, seed)
                 for seed in range(1, args.seeds + 1)
             ]
             g, t, j = ([r[key] for r in runs] for key in ("goodput", "throttled", "jain"))
