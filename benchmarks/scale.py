@@ -6,7 +6,10 @@ with a shared token-bucket ``rate_limit`` (requests/s) low enough that the run i
 Contenders, run in the same invocation, one after the other against a fresh service:
 
 - ``metricsbuf``: ``MetricsLogger(tc, endpoint_url=..., region_name=...)`` with every other option
-  at its default; the writer logs its points (``await log``), then ``await flush()``.
+  at its default (the adaptive rate is off by default); the writer logs its points
+  (``await log``), then ``await flush()``.
+- ``metricsbuf_adaptive``: the same, with the experimental adaptive send rate (_rate.py) switched
+  on through a private attribute.
 - ``botocore_adaptive``: hand-batched aiobotocore, batches of 10 points, 4 concurrent requests
   (metricsbuf's default ``max_in_flight``), client made with
   ``AioConfig(retries={"mode": "adaptive"}, parameter_validation=False)``; a request whose
@@ -22,6 +25,7 @@ Figures (every one from the service's own counters and the writers' clocks):
 
     python benchmarks/scale.py                     # K = 4 and 8, writes benchmarks/SCALE_RESULTS.md
     python benchmarks/scale.py --quick             # smaller, prints only
+    python benchmarks/scale.py --arithmetic        # the scale study's arithmetic (no run), see SCALE.md
 """
 
 from __future__ import annotations
@@ -61,11 +65,12 @@ GOALS = {
 # ---- the writers (each in its own process) ---------------------------------------------------
 
 
-async def _metricsbuf_writer(endpoint: str, tc: str, n: int, go: Any) -> dict[str, Any]:
+async def _metricsbuf_writer(endpoint: str, tc: str, n: int, go: Any, adaptive: bool) -> dict[str, Any]:
     from metricsbuf import MetricsLogger
 
     async with MetricsLogger(tc, endpoint_url=endpoint, region_name=REGION) as metrics:
-        metrics._sender.adaptive_rate = os.environ.get("SCALE_ADAPTIVE", "1") == "1"
+        if adaptive:
+            metrics._sender.adaptive_rate = True
         await asyncio.to_thread(go.wait)
         started = time.time()
         for step in range(n):
@@ -126,11 +131,12 @@ async def _botocore_writer(endpoint: str, tc: str, n: int, go: Any) -> dict[str,
 def _writer_main(contender: str, endpoint: str, tc: str, n: int, go: Any, ready: Any, out: Any) -> None:
     os.environ.update(ENV)
     try:
-        writer = _metricsbuf_writer if contender == "metricsbuf" else _botocore_writer
 
         async def main() -> dict[str, Any]:
             ready.release()
-            return await writer(endpoint, tc, n, go)
+            if contender == "botocore_adaptive":
+                return await _botocore_writer(endpoint, tc, n, go)
+            return await _metricsbuf_writer(endpoint, tc, n, go, contender == "metricsbuf_adaptive")
 
         out.put((tc, asyncio.run(main())))
     except BaseException as exc:  # noqa: BLE001
@@ -221,6 +227,68 @@ def run_one(contender: str, writers: int, points: int, rate_limit: float, timeou
     }
 
 
+def run_in_process(contender: str, writers: int, points: int, rate_limit: float) -> dict[str, Any]:
+    """The same writers as loggers in ONE process and event loop, against one
+    `InMemoryMetricsClient(rate_limit=R)` (no HTTP, no other processes): what the rate control
+    does when every writer starts at the same instant and gets the CPU alike."""
+    from metricsbuf import MetricsLogger
+    from metricsbuf.testing import InMemoryMetricsClient
+
+    burst = max(1, int(rate_limit))
+
+    async def main() -> dict[str, Any]:
+        client = InMemoryMetricsClient(
+            rate_limit=rate_limit, rate_limit_burst=burst, parameter_validation=False
+        )
+        spans: dict[str, tuple[float, float]] = {}
+        failed = 0
+        cuts: dict[str, int] = {}
+
+        async def writer(tc: str) -> None:
+            nonlocal failed
+            async with MetricsLogger(tc, client=client) as metrics:
+                if contender == "metricsbuf_adaptive":
+                    metrics._sender.adaptive_rate = True
+                started = time.time()
+                for step in range(points):
+                    await metrics.log("loss", float(step), step=step)
+                await metrics.flush()
+                spans[tc] = (started, time.time())
+                failed += metrics.stats.failed
+                cuts[tc] = metrics._sender.rate.cuts
+
+        await asyncio.gather(*(writer(f"writer-{i}") for i in range(writers)))
+        stored = Counter(
+            p.trial_component for p in {(p.trial_component, p.step): p for p in client.points}.values()
+        )
+        start = min(a for a, _ in spans.values())
+        span = max(b for _, b in spans.values()) - start
+        rates = [stored[tc] / (b - a) for tc, (a, b) in sorted(spans.items())]
+        counts = client.counts
+        return {
+            "contender": contender,
+            "mode": "in-process",
+            "writers": writers,
+            "points_each": points,
+            "rate_limit": rate_limit,
+            "burst": burst,
+            "seconds": span,
+            "stored": sum(stored.values()),
+            "logged": writers * points,
+            "lost": writers * points - sum(stored.values()),
+            "failed": failed,
+            "requests": counts["requests"],
+            "rate_limited": counts["rate_limited"],
+            "throttled_share": counts["rate_limited"] / max(1, counts["requests"]),
+            "goodput": sum(stored.values()) / ((burst + rate_limit * span) * 10),
+            "jain": jain(rates),
+            "writer_rates": [round(r, 1) for r in rates],
+            "cuts": [cuts[tc] for tc in sorted(cuts)],
+        }
+
+    return asyncio.run(main())
+
+
 # ---- the report ------------------------------------------------------------------------------
 
 
@@ -264,22 +332,45 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "(burst + R x T) x 10 points, T from the first writer's start to the last writer's end. "
         "Goodput = distinct points stored / capacity. Throttled share = requests refused by the "
         "limit / all requests. Jain's index over the writers' rates (points stored / own duration). "
-        "metricsbuf runs with default options (logs, then `flush()`); botocore_adaptive is "
+        "metricsbuf runs with default options (logs, then `flush()`; the adaptive rate is off by "
+        "default); metricsbuf_adaptive is the same with the experimental adaptive rate switched on; "
+        "botocore_adaptive is "
         'hand-batched aiobotocore with `retries={"mode": "adaptive"}` and 4 concurrent requests.',
         "",
         "| K | points each | R (req/s) | contender | T (s) | goodput | throttled share | requests | "
         "lost | failed | Jain | writer rates (points/s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for m in runs:
+    for m in (m for m in runs if m.get("mode") != "in-process"):
         lines.append(
             f"| {m['writers']} | {m['points_each']} | {m['rate_limit']:g} | {m['contender']} | "
             f"{m['seconds']:.1f} | {m['goodput']:.3f} | {m['throttled_share']:.3f} | {m['requests']} | "
             f"{m['lost']} | {m['failed']} | {m['jain']:.3f} | {', '.join(map(str, m['writer_rates']))} |"
         )
-    lines += ["", "## Goals (metricsbuf)", ""]
+    in_process = [m for m in runs if m.get("mode") == "in-process"]
+    if in_process:
+        lines += [
+            "",
+            "## The same writers in one process",
+            "",
+            "K loggers in ONE process and event loop against one `InMemoryMetricsClient(rate_limit=R, "
+            "rate_limit_burst=R)` (no HTTP): every writer starts at the same instant and gets the CPU "
+            "alike. Not a goal line: it separates what the rate control does from what K processes "
+            "starting one after the other on 2 shared cores add.",
+            "",
+            "| K | points each | R (req/s) | contender | T (s) | goodput | throttled share | requests | "
+            "lost | failed | Jain | writer rates (points/s) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for m in in_process:
+            lines.append(
+                f"| {m['writers']} | {m['points_each']} | {m['rate_limit']:g} | {m['contender']} | "
+                f"{m['seconds']:.1f} | {m['goodput']:.3f} | {m['throttled_share']:.3f} | {m['requests']} | "
+                f"{m['lost']} | {m['failed']} | {m['jain']:.3f} | {', '.join(map(str, m['writer_rates']))} |"
+            )
+    lines += ["", "## Goals (metricsbuf, both modes)", ""]
     for m in runs:
-        if m["contender"] != "metricsbuf":
+        if not m["contender"].startswith("metricsbuf") or m.get("mode") == "in-process":
             continue
         other = next(
             (
@@ -293,10 +384,57 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
         )
         met = goals(m, other)
         lines.append(
-            f"- K = {m['writers']}, R = {m['rate_limit']:g} (repeat {m.get('repeat', 0)}): "
+            f"- {m['contender']}, K = {m['writers']}, R = {m['rate_limit']:g} (repeat {m.get('repeat', 0)}): "
             + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in met.items())
         )
     lines += ["", "## Every run (JSON)", "", "```json", *(json.dumps(m) for m in runs), "```", ""]
+    return "\n".join(lines)
+
+
+def requests_per_second(points_per_second: float, flush_interval: float, batch: int = 10) -> float:
+    """One logger's steady request rate: full batches, or one partial batch per flush_interval."""
+    if points_per_second * flush_interval >= batch:
+        return points_per_second / batch
+    return min(points_per_second, 1.0 / flush_interval)
+
+
+def arithmetic(args: argparse.Namespace) -> str:
+    """The scale study's arithmetic: points/s -> requests/s -> load on an assumed service limit."""
+    from metricsbuf._rate import MIN_RATE
+
+    hosts, ranks, metrics = args.hosts, args.ranks, args.metrics
+    limits = [float(x) for x in args.limits.split(",")]
+    layouts = (("every rank", hosts * ranks), ("one rank per host", hosts), ("rank zero only", 1))
+    lines = [
+        f"{hosts} hosts x {ranks} ranks, {metrics} metrics per step each, flush_interval "
+        f"{args.flush_interval:g} s, 10 points per request. Service limit L (requests/s, shared by the "
+        f"account; not published: assumed) = {', '.join(f'{x:g}' for x in limits)}.",
+        "",
+        "| who logs | loggers | step (s) | points/s | requests/s | "
+        + " | ".join(f"x L={x:g}" for x in limits)
+        + " | share per logger at "
+        + ", ".join(f"L={x:g}" for x in limits)
+        + " (req/s) |",
+        "|---|---|---|---|---|" + "---|" * len(limits) + "---|",
+    ]
+    for who, loggers in layouts:
+        for step in (float(x) for x in args.steps.split(",")):
+            pps = metrics / step
+            total_pps = pps * loggers
+            rps = requests_per_second(pps, args.flush_interval) * loggers
+            lines.append(
+                f"| {who} | {loggers} | {step:g} | {total_pps:,.0f} | {rps:,.1f} | "
+                + " | ".join(f"{rps / x:,.2f}" for x in limits)
+                + " | "
+                + ", ".join(f"{x / loggers:.3g}" for x in limits)
+                + " |"
+            )
+    lines += [
+        "",
+        f"x L = offered requests/s over the limit (above 1: overload). The adaptive rate never goes "
+        f"below {MIN_RATE:g} request/s per logger (it keeps probing), so {MIN_RATE:g} x loggers must "
+        "stay under L for it to settle.",
+    ]
     return "\n".join(lines)
 
 
@@ -309,11 +447,22 @@ def main() -> None:
     parser.add_argument("--rate-limit", type=float, default=40.0, help="shared requests/s (default 40)")
     parser.add_argument("--seconds", type=float, default=25.0, help="target run length at the limit")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--contenders", default="metricsbuf,botocore_adaptive")
+    parser.add_argument("--contenders", default="metricsbuf,metricsbuf_adaptive,botocore_adaptive")
     parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--arithmetic", action="store_true", help="print the scale study's arithmetic")
+    parser.add_argument("--hosts", type=int, default=64)
+    parser.add_argument("--ranks", type=int, default=8)
+    parser.add_argument("--metrics", type=int, default=20, help="metrics logged per step per rank")
+    parser.add_argument("--steps", default="0.1,0.5,2", help="seconds per training step")
+    parser.add_argument("--limits", default="10,50,200", help="assumed service limits, requests/s")
+    parser.add_argument("--flush-interval", type=float, default=1.0)
+    parser.add_argument("--no-in-process", action="store_true", help="skip the one-process runs")
     parser.add_argument("--quick", action="store_true", help="10 s runs; print only")
     parser.add_argument("--out", default=str(HERE / "SCALE_RESULTS.md"))
     args = parser.parse_args()
+    if args.arithmetic:
+        print(arithmetic(args))
+        return
     if args.quick:
         args.seconds = 10.0
     runs: list[dict[str, Any]] = []
@@ -326,6 +475,12 @@ def main() -> None:
                 m["repeat"] = repeat
                 runs.append(m)
                 print(json.dumps(m), flush=True)
+            if not args.no_in_process:
+                for contender in ("metricsbuf", "metricsbuf_adaptive"):
+                    m = run_in_process(contender, k, points, args.rate_limit)
+                    m["repeat"] = repeat
+                    runs.append(m)
+                    print(json.dumps(m), flush=True)
     text = report(runs, args)
     if args.quick:
         print(text)
