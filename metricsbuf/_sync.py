@@ -65,7 +65,7 @@ from ._models import FailedMetric, MetricsStats
 from ._options import NonFinite, OnFull
 from ._reporting import FailureCallback, log
 from ._sync_exit import live_sync_loggers, register_exit_hook, track, untrack
-from ._sync_handoff import NEVER, Admission, HandOff
+from ._sync_handoff import Admission, HandOff
 from ._sync_runner import LoopRunner, State
 from ._validation import MAX_STEP
 
@@ -163,6 +163,7 @@ class SyncMetricsLogger:
         # The fast path's two operations, bound once (the deques are never replaced).
         self._take = handoff.tokens.popleft
         self._points = handoff.points
+        self._append = handoff.points.append
         self._lock = handoff.lock
         self._runner = runner = LoopRunner(
             logger, handoff, f"metricsbuf-sync[{trial_component_name or 'auto'}]"
@@ -219,14 +220,12 @@ class SyncMetricsLogger:
             and (step is None or (type(step) is int and 0 <= step <= MAX_STEP))
         ):
             try:
-                self._take()
+                wake = self._take()
             except IndexError:  # no room in the pool: the locked path decides
                 point: Point = (name, value, step, now, now)
             else:
-                points = self._points
-                points.append((name, value, step, now, now))
-                if len(points) >= self._handoff.wake_at:
-                    self._handoff.wake_at = NEVER  # until the drain it asks for
+                self._append((name, value, step, now, now))
+                if wake:  # a token the loop thread marked (_sync_handoff.py)
                     self._runner.wake()
                 return
         else:
@@ -269,17 +268,16 @@ class SyncMetricsLogger:
             return
         take = self._take
         taken = 0
+        wake = False
         try:
             for _ in points:
-                take()
+                wake = take() or wake
                 taken += 1
         except IndexError:
             self._put(points, taken)
             return
-        queue = self._points
-        queue.extend(points)
-        if len(queue) >= self._handoff.wake_at:
-            self._handoff.wake_at = NEVER
+        self._points.extend(points)
+        if wake:
             self._runner.wake()
 
     def _put(self, points: list[Point], prepaid: int = 0) -> None:

@@ -20,10 +20,14 @@ points and the hand-off together, exactly, without the caller taking a lock in t
   tokens still in callers' hands have landed: ``in_window``), raise, or drop.
 - **Revocation.** ``revoke`` (under ``lock``) takes every token back: the fast path is off until
   the next top-up, which happens only while the logger is open and no slow call is in progress.
-- **Wake-ups.** ``wake_at`` is the hand-off's length at which an append wakes the loop thread
-  (see SyncMetricsLogger). A caller that reaches it sets it to NEVER and wakes the loop; the
-  loop thread sets it again after each drain, and then looks once more at the hand-off, so a
-  point appended while it did so is never left without a wake-up or a timer.
+- **Wake-ups.** A token is ``None``, or ``True`` to ask the caller that takes it to wake the
+  loop thread: the fast path checks nothing else. The loop thread marks the token that the
+  point it wants to be woken for will take (``mark_wake``): the pool's first token while it is
+  idle, a batch's worth ahead while a sender is short of points; a mark placed while callers
+  pop may land a token or two off, and a stale one costs one needless wake-up. The locked path
+  wakes it when the hand-off reaches ``wake_at`` (1 while idle). After a drain the loop thread
+  looks again, for points (or tokens in callers' hands, ``in_window``) that came meanwhile, so
+  none is left without a wake-up or a timer.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ class HandOff:
     def __init__(self, max_buffered: int, on_full: str, spooled: bool, ledger: Any) -> None:
         self.lock = threading.Lock()
         self.points: deque[Point] = deque()  # appended by any thread, taken by the loop thread only
-        self.tokens: deque[None] = deque()  # room for the fast path: see the module docstring
+        self.tokens: deque[bool | None] = deque()  # room for the fast path; True: wake the loop
         self.granted = 0  # under lock: tokens granted (minted), minus those revoked
         self.drained = 0  # under lock: points taken by the loop thread
         self.rejected: list[tuple[Any, Any]] = []  # under lock: non-finite values skipped, not yet recorded
@@ -176,8 +180,20 @@ class HandOff:
         self.granted -= revoked
 
     def in_window(self) -> int:
-        """After ``revoke``: tokens taken by callers whose points have not landed in ``points`` yet."""
-        return self.granted - self.drained - len(self.tokens) - len(self.points)
+        """Tokens taken by callers whose points have not landed in ``points`` yet (under lock).
+
+        Exact after ``revoke``; otherwise an upper bound as of the call: ``points`` is read
+        before ``tokens``, and callers only move tokens from the pool to their hands to points.
+        """
+        landed = len(self.points)
+        return self.granted - self.drained - landed - len(self.tokens)
+
+    def mark_wake(self, index: int) -> None:
+        """The caller taking the pool's token at ``index`` (from now) wakes the loop thread."""
+        try:
+            self.tokens[max(0, index)] = True
+        except IndexError:  # a shorter pool: the locked path (wake_at) or the timer covers it
+            pass
 
     # -- the loop thread, under lock --------------------------------------------------------------
 

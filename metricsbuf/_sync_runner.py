@@ -164,16 +164,26 @@ class LoopRunner:
                 self._intake.enqueue_all(batch)  # under the lock: held + hand-off never undercounts
             if dropped:
                 self._intake.record_dropped_new(dropped)
-            if not self._timer_armed:
-                handoff.wake_at = 1
-            elif len(self._queue) < self._batch:  # a sender will wait for the next full batch
-                handoff.wake_at = self._batch
-            else:  # the senders have enough; each pulls the hand-off when it looks for more
-                handoff.wake_at = NEVER
             if taken and not closing:
                 handoff.top_up()
-            # A caller that appended while wake_at was being set may have read the old value.
-            again = not closing and len(handoff.points) >= handoff.wake_at
+            again = False
+            if closing:
+                pass
+            elif not self._timer_armed:  # idle: the next point wakes the loop
+                handoff.wake_at = 1
+                handoff.mark_wake(0)
+                # A caller that took its token before the mark, and appends only now, wakes nobody:
+                # look for its point, or keep the timer for it.
+                if handoff.points:
+                    again = True
+                elif handoff.in_window() > 0:
+                    self._timer_armed = arm = True
+            elif len(self._queue) < self._batch:  # a sender will wait for the next full batch
+                handoff.wake_at = self._batch
+                handoff.mark_wake(self._batch - 1 - len(handoff.points))
+                again = len(handoff.points) >= self._batch
+            else:  # the senders have enough; each pulls the hand-off when it looks for more
+                handoff.wake_at = NEVER
             if again:
                 handoff.wake_at = NEVER
         for name, value in rejected:
@@ -227,8 +237,10 @@ class LoopRunner:
             self.drain()
         elif self._timer_armed and handoff.wake_at > self._batch and len(self._queue) < self._batch:
             # Nothing to take, and a sender is about to wait: the next full batch must wake it.
-            # (No lock: a caller only ever sets NEVER, and then wakes the loop itself.)
-            handoff.wake_at = min(handoff.wake_at, self._batch)
+            # (No lock: a caller only ever sets NEVER, and then wakes the loop itself; a mark
+            # placed while callers take tokens may land a token off, and the timer is armed.)
+            handoff.wake_at = self._batch
+            handoff.mark_wake(self._batch - 1)
 
     # -- calls the callers' threads could not decide ---------------------------------------------
 
