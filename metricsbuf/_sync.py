@@ -256,7 +256,20 @@ class SyncMetricsLogger:
         points: list[Point] = []
         non_finite: list[tuple[Any, Any]] = []
         make_point = self._make_point
+        # The usual entry (a float, a known name) is checked inline when the step and timestamp
+        # are the usual ones, as in log(); anything else goes through make_point.
+        usual = timestamp is None and (step is None or (type(step) is int and 0 <= step <= MAX_STEP))
+        known = self._known_names
         for name, value in metrics.items():
+            if (
+                usual
+                and type(value) is float
+                and value - value == 0.0  # finite
+                and type(name) is str
+                and name in known
+            ):
+                points.append((name, value, step, now, now))
+                continue
             point = make_point(name, value, step, timestamp, now)
             if point is None:
                 non_finite.append((name, value))
