@@ -104,17 +104,17 @@ def _thread_cpu(native_id: int | None) -> float:
     return float("nan")
 
 
-def run_sync_metricsbuf(endpoint: str, tc: str, n: int, close_timeout: float = 30.0) -> dict[str, Any]:
+def run_sync_metricsbuf(
+    endpoint: str, tc: str, n: int, close_timeout: float = 30.0, **options: Any
+) -> dict[str, Any]:
     import metricsbuf
 
     steps = n // len(w.NAMES)
     ticker = ThreadTicker()
+    if not options.get("offline"):  # an offline logger takes no endpoint
+        options.update(region_name=w.REGION, endpoint_url=endpoint)
     with metricsbuf.SyncMetricsLogger(
-        tc,
-        region_name=w.REGION,
-        endpoint_url=endpoint,
-        max_in_flight=w.IN_FLIGHT,
-        close_timeout=close_timeout,
+        tc, max_in_flight=w.IN_FLIGHT, close_timeout=close_timeout, **options
     ) as metrics:
         log = metrics.log
         loop_thread = metrics._thread.native_id
@@ -206,9 +206,36 @@ def run_sync_metricsbuf_idle(endpoint: str, tc: str, n: int) -> dict[str, Any]:
     return run_sync_metricsbuf(endpoint, tc, n, close_timeout=0.5)
 
 
+def run_sync_metricsbuf_spool_sender(endpoint: str, tc: str, n: int) -> dict[str, Any]:
+    """The same loop with the sending moved out of the training process: the logger only writes
+    a spool (``spool_dir=DIR, offline=True``: no network, its loop thread commits to SQLite every
+    ``spool_interval``), and a second process, ``metricsbuf sync DIR``, sends it. The sender runs
+    after the loop here, so the training process's figures (caller's cost, GIL waits) are those
+    of the spool writer alone; its time is reported as ``sender_seconds``."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="metricsbuf-sync-bench-spool-") as spool:
+        result = run_sync_metricsbuf(endpoint, tc, n, spool_dir=spool, offline=True)
+        t0 = time.perf_counter()
+        sender = subprocess.run(
+            [sys.executable, "-m", "metricsbuf", "sync", spool]
+            + ["--endpoint-url", endpoint, "--region", w.REGION],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        result["sender_seconds"] = time.perf_counter() - t0
+        result["sender_exit"] = sender.returncode
+        if sender.returncode != 0:
+            sys.stderr.write(sender.stdout + sender.stderr)
+    return result
+
+
 RUNNERS = {
     "sync_metricsbuf": run_sync_metricsbuf,
     "sync_metricsbuf_idle": run_sync_metricsbuf_idle,
+    "sync_metricsbuf_spool_sender": run_sync_metricsbuf_spool_sender,
     "sagemaker_sdk": run_sagemaker_sdk,
 }
 

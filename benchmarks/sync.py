@@ -14,8 +14,10 @@ latency. Figures:
   the target is checked on the median over repeats of each run's longest. A floor is measured in
   the same run: the ticker alone, and beside the loop's ``time.sleep(0)`` steps with no logging;
 - the logger's loop thread CPU time over the window (psutil), to explain the GIL waits;
-- diagnostic repeats of metricsbuf at 0 ms with ``sys.setswitchinterval(0.001)``, and without
-  the GIL pause its loop thread takes before each heavy step of a send (``StepPacer.gil_pause``).
+- diagnostic repeats of metricsbuf at 0 ms with ``sys.setswitchinterval(0.001)``, without
+  the GIL pause its loop thread takes before each heavy step of a send (``StepPacer.gil_pause``),
+  and with the sending in another process (an offline spool in the loop, then ``metricsbuf sync``):
+  what the GIL goal would need.
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ def measure(
     n: int,
     switch_interval: float | None = None,
     gil_pause: float | None = None,
+    runner: str | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in repeats}
     for rep in range(max(repeats.values())):
@@ -132,6 +135,7 @@ def measure(
                 n=n,
                 switch_interval=switch_interval,
                 gil_pause=gil_pause,
+                runner=runner,
             )
             if not reply.get("ok"):
                 _say(f"  ERROR {label} {contender} r{rep}: {reply.get('error')}")
@@ -229,12 +233,18 @@ def report(config: dict[str, Any], results: dict[str, Any]) -> str:
                 cost <= PRODUCER_MAX_US,
             )
         )
+    python_floor = _worst(results["floors"], "python thread", "gil_max")
     for key in ("0ms", "20ms"):
         wait = s[key][MB]["gil_max_ms"]
+        floor_note = (
+            f"; with no metricsbuf, beside any thread running Python: {python_floor:.2f} ms, above the goal"
+            if python_floor > GIL_WAIT_MAX * 1e3
+            else ""
+        )
         targets.append(
             (
                 f"longest GIL wait <= {GIL_WAIT_MAX * 1e3:g} ms ({key})",
-                f"{wait:.2f} ms (worst run {s[key][MB]['gil_max_worst_ms']:.2f} ms)",
+                f"{wait:.2f} ms (worst run {s[key][MB]['gil_max_worst_ms']:.2f} ms){floor_note}",
                 wait <= GIL_WAIT_MAX * 1e3,
             )
         )
@@ -378,12 +388,16 @@ def report(config: dict[str, Any], results: dict[str, Any]) -> str:
             f"{diag['gil_max_worst_ms']:.2f} ms), caller's cost {diag['producer_us']:.3g} us per point, "
             f"throughput {diag['throughput']:,.0f} points/s (default "
             f"interval: {zero['throughput']:,.0f}). The interval is process-wide, so metricsbuf leaves it "
-            "alone; an application that wants shorter waits can set it. What takes the sending off the "
-            "training process's GIL entirely is a sender in another process fed through the spool: "
-            "`SyncMetricsLogger(..., spool_dir=DIR, offline=True)` in the job and `metricsbuf sync DIR` "
-            "(or a logger on the same spool in a second process) elsewhere.",
+            "alone; an application that wants shorter waits can set it.",
         ]
+    lines += _goal_lines(config, results, zero)
     lines += ["", "## Every run", ""]
+    for i, run in enumerate((results.get("spool_sender") or {}).get(MB, [])):
+        lines.append(
+            f"- 0ms {MB} writing a spool, sent by `metricsbuf sync` r{i}: "
+            + one_line("", run)[2:]
+            + f", sender {run.get('sender_seconds', float('nan')):.1f} s (exit {run.get('sender_exit')})"
+        )
     for key, per in results["scenarios"].items():
         for c, runs in per.items():
             for i, run in enumerate(runs):
@@ -402,6 +416,46 @@ def report(config: dict[str, Any], results: dict[str, Any]) -> str:
                 f"p99 {f.get('gil_p99', float('nan')) * 1e3:.2f} ms, {f.get('ticks', 0)} ticks"
             )
     return "\n".join(lines) + "\n"
+
+
+def _goal_lines(config: dict[str, Any], results: dict[str, Any], zero: dict[str, float]) -> list[str]:
+    """What the GIL goal needs, from this run's floors and the spool-sender runs."""
+    goal = GIL_WAIT_MAX * 1e3
+    python_floor = _worst(results["floors"], "python thread", "gil_max")
+    lines = [
+        "",
+        "## What would meet the GIL goal",
+        "",
+        "Beside a thread that runs Python, with no metricsbuf at all, the ticker's longest wait was "
+        f"{python_floor:.2f} ms in this run ({'over' if python_floor > goal else 'under'} the {goal:g} ms "
+        "goal): a background thread that keeps running Python makes waits of up to about one switch "
+        f"interval ({config['switch_interval'] * 1e3:g} ms) by itself. The logger's thread stays under "
+        "the goal only while it leaves the GIL often enough (it "
+        "sleeps before each heavy step of a send); sending flat out at 0 ms, its longest wait was "
+        f"{zero['gil_max_ms']:.2f} ms ({'under' if zero['gil_max_ms'] <= goal else 'over'} the goal). The "
+        "switch interval is process-wide and the application's to set, so metricsbuf leaves it alone.",
+    ]
+    spool = results.get("spool_sender") or {}
+    runs = spool.get(MB) or []
+    if runs:
+        sp = summarize(runs)
+        delivered = all(r["server"]["stored"] == r["n"] and r.get("sender_exit") == 0 for r in runs)
+        verdict = "meets the goal" if sp["gil_max_ms"] <= goal else "does not meet the goal"
+        lines += [
+            "",
+            "Moving the sending out of the process: `SyncMetricsLogger(tc, spool_dir=DIR, offline=True)` "
+            "in the loop (its thread only commits the points to SQLite every `spool_interval`) and "
+            f"`metricsbuf sync DIR` in a second process ({int(sp['runs'])} runs at 0 ms; the sender ran "
+            f"after the loop; every point stored: {'yes' if delivered else 'NO'}): longest GIL wait "
+            f"{sp['gil_max_ms']:.2f} ms (worst run {sp['gil_max_worst_ms']:.2f} ms, 99th percentile "
+            f"{sp['gil_p99_ms']:.2f} ms), caller's cost {sp['producer_us']:.3g} us per point, the logger's "
+            f"thread on CPU {sp['loop_cpu_share']:.0%} of the loop's window (sending in-process: longest "
+            f"wait {zero['gil_max_ms']:.2f} ms, {zero['producer_us']:.3g} us per point). So it {verdict} as "
+            "the spool writer stands: the GIL waits left are those of the logger's thread writing the spool "
+            "in the training process. What meets the goal is a hand-off whose work in the training process "
+            "holds the GIL for less than the goal at a time, with the network in another process.",
+        ]
+    return lines
 
 
 def main() -> int:
@@ -459,6 +513,10 @@ def main() -> int:
         )
         _say("diagnostic: metricsbuf at 0 ms without the GIL pause before each heavy step")
         results["no_pause"] = measure(workers, fast, "0ms-np", {MB: min(3, args.repeats)}, n, gil_pause=0.0)
+        _say("diagnostic: the sending in another process (an offline spool, then `metricsbuf sync`), 0 ms")
+        results["spool_sender"] = measure(
+            workers, fast, "0ms-spool", {MB: min(3, args.repeats)}, n, runner="sync_metricsbuf_spool_sender"
+        )
         results["floors"].append(floors(workers[MB]))
     finally:
         for worker in workers.values():

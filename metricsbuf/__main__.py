@@ -30,6 +30,9 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--endpoint-url", default=None, help="endpoint serving both SageMaker APIs")
     demo.add_argument("--aws", action="store_true", help="use the standard AWS endpoints (real credentials)")
     demo.add_argument("--region", default=None, help="AWS region")
+    demo.add_argument(
+        "--sync", action="store_true", help="a synchronous loop with SyncMetricsLogger (and a second thread)"
+    )
 
     sync = commands.add_parser(
         "sync",
@@ -65,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     endpoint_url=args.endpoint_url,
                     region=args.region,
                     aws=args.aws,
+                    sync=args.sync,
                 )
             )
         from . import _cli

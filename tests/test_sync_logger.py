@@ -687,3 +687,74 @@ def test_a_fork_pool_beside_a_live_logger_neither_hangs_nor_sends_twice(tmp_path
     assert logged > 0 and delivered == logged
     assert sorted(p.step for p in state.points) == list(range(logged))  # each exactly once
     assert not state.duplicates() and {p.name for p in state.points} == {"loss"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The hand-off's tokens (no lock on the usual path)
+
+
+def test_a_call_under_way_when_close_starts_is_delivered_not_lost() -> None:
+    client = FakeClient()
+    metrics = SyncMetricsLogger("run-1", client=client)
+    metrics.log("loss", 0.0, step=0)  # the first call fills the pool of tokens
+    metrics._take()  # a log() between taking its token and appending its point
+    closer = threading.Thread(target=metrics.close)
+    closer.start()
+    time.sleep(0.2)
+    now = time.time()
+    metrics._points.append(("loss", 1.0, 1, now, now))
+    closer.join(10)
+    assert not closer.is_alive()
+    stats = metrics.stats
+    assert (stats.logged, stats.delivered, stats.failed, stats.pending) == (2, 2, 0, 0), stats
+    assert sorted(stored_keys(client)) == [("loss", 0), ("loss", 1)]
+
+
+def test_max_buffered_is_exact_with_many_threads_and_mixed_calls() -> None:
+    client = GatedClient()  # nothing settles until the gate opens: the buffer fills and stays full
+    errors: list[BaseException] = []
+    with SyncMetricsLogger(
+        "run-1", client=client, max_buffered=333, on_full="drop_newest", close_timeout=10.0
+    ) as metrics:
+
+        def produce(index: int) -> None:
+            try:
+                for step in range(2_000):
+                    if step % 5 == 0:
+                        metrics.log_many({f"a{index}": 1.0, f"b{index}": 2.0}, step=step)
+                    else:
+                        metrics.log(f"t{index}", float(step), step=step)
+            except BaseException as exc:  # noqa: BLE001 (reported by the test)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=produce, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stats = metrics.stats
+        assert stats.pending == 333, stats  # exactly max_buffered held, never more
+        assert stats.logged == 6 * 2_400 and stats.dropped == stats.logged - 333, stats
+        client.open.set()
+    assert not errors
+    final = metrics.stats
+    assert final.delivered == 333 and len(client.stored) == 333
+    assert_accounted(final)
+
+
+def test_close_does_not_wait_forever_for_a_call_that_never_finishes() -> None:
+    # As when SIGTERM's drain runs in the main thread while it is inside log(), between taking
+    # its token and appending: that call never resumes, and the close goes on without it.
+    client = FakeClient()
+    metrics = SyncMetricsLogger("run-1", client=client)
+    for step in range(5):
+        metrics.log("loss", float(step), step=step)
+    metrics._take()  # and never appends
+    started = time.monotonic()
+    metrics.close()
+    assert time.monotonic() - started < 10
+    stats = metrics.stats
+    assert (stats.logged, stats.delivered, stats.failed, stats.pending) == (5, 5, 0, 0), stats
+    assert sorted(stored_keys(client)) == [("loss", step) for step in range(5)]
+    with pytest.raises(LoggerClosedError):
+        metrics.log("loss", 5.0, step=5)
