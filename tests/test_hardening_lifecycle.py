@@ -592,3 +592,22 @@ async def test_a_producer_waiting_for_room_gets_on_full_when_the_spool_fills(
                 await asyncio.wait_for(metrics.log("a-long-metric-name-to-fill-pages", 1.0, step=step), 5)
         client.gate.set()
     assert_accounted(metrics.stats)
+
+
+async def test_the_fast_path_thread_marker_follows_the_loop_or_the_starting_thread() -> None:
+    from metricsbuf._context import loop_thread_marker
+
+    loop = asyncio.get_running_loop()
+    assert loop_thread_marker(loop) is loop  # asyncio records the thread running it (None when stopped)
+    assert loop._thread_id == threading.get_ident()
+
+    class OtherLoop:  # a loop class that is not asyncio's (uvloop, say): the starting thread counts
+        pass
+
+    marker = loop_thread_marker(OtherLoop())  # type: ignore[arg-type]
+    assert marker._thread_id == threading.get_ident()
+    seen: list[int | None] = []
+    thread = threading.Thread(target=lambda: seen.append(threading.get_ident()))
+    thread.start()
+    thread.join()
+    assert seen[0] != marker._thread_id
