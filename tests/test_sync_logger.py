@@ -654,7 +654,9 @@ _POOL_SCRIPT = """
         logged = [0]
 
         def keep_logging():
-            while not stop.is_set():
+            # Bounded, so that close() has far less than close_timeout of sending to do even on a
+            # loaded machine (unbounded, a slow pool let it log 100,000 points).
+            while not stop.is_set() and logged[0] < 20_000:
                 metrics.log("loss", float(logged[0]), step=logged[0])
                 logged[0] += 1
 
