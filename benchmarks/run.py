@@ -82,13 +82,15 @@ class Server:
 
 
 class Worker:
-    """One contender's long-lived process (benchmarks/_worker.py), one JSON line per command."""
+    """One contender's long-lived process (``script``: benchmarks/_worker.py, or sync.py's
+    _sync_worker.py), one JSON line per command."""
 
-    def __init__(self, contender: str, log_dir: Path) -> None:
+    def __init__(self, contender: str, log_dir: Path, script: str = "_worker.py") -> None:
         self.contender = contender
-        self.stderr = open(log_dir / f"worker-{contender}.log", "w")  # noqa: SIM115
+        log_name = Path(script).stem.strip("_").replace("_", "-")  # worker-..., sync-worker-...
+        self.stderr = open(log_dir / f"{log_name}-{contender}.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "_worker.py"), "--contender", contender],
+            [sys.executable, str(HERE / script), "--contender", contender],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,

@@ -23,10 +23,8 @@ latency. Figures:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +37,7 @@ sys.path.insert(0, str(HERE))
 
 import _report  # noqa: E402
 import _workloads as w  # noqa: E402
-from run import Server, _env  # noqa: E402
+from run import Server, Worker  # noqa: E402
 
 from metricsbuf import _sync  # noqa: E402
 
@@ -51,47 +49,6 @@ FACTOR_VS_SDK_20MS = 500.0
 PRODUCER_MAX_US = 2.0
 GIL_WAIT_MAX = 0.005
 DIAGNOSTIC_SWITCH_INTERVAL = 0.001
-
-
-class SyncWorker:
-    """One contender's long-lived process, one JSON line per command."""
-
-    def __init__(self, contender: str, log_dir: Path) -> None:
-        self.contender = contender
-        self.stderr = open(log_dir / f"sync-worker-{contender}.log", "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "_sync_worker.py"), "--contender", contender],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
-            env=_env(),
-            text=True,
-            cwd=HERE,
-        )
-        if not self._read().get("ok"):
-            raise RuntimeError(f"worker {contender} did not start; see {self.stderr.name}")
-
-    def _read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            return {"ok": False, "error": f"worker exited (code {self.proc.poll()}); see {self.stderr.name}"}
-        return json.loads(line)  # type: ignore[no-any-return]
-
-    def call(self, **cmd: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.call(cmd="quit")
-                self.proc.wait(30)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-        self.stderr.close()
 
 
 def _say(text: str) -> None:
@@ -112,7 +69,7 @@ def one_line(label: str, run: dict[str, Any]) -> str:
 
 
 def measure(
-    workers: dict[str, SyncWorker],
+    workers: dict[str, Worker],
     server: Server,
     label: str,
     repeats: dict[str, int],
@@ -157,11 +114,11 @@ FLOOR_LABEL = {
 }
 
 
-def floors(worker: SyncWorker) -> dict[str, dict[str, Any]]:
+def floors(worker: Worker) -> dict[str, dict[str, Any]]:
     return {mode: worker.call(cmd="floor", seconds=2.0, mode=mode).get("result", {}) for mode in FLOORS}
 
 
-def idle_cost(worker: SyncWorker, server: Server, repeats: int, n: int) -> list[float]:
+def idle_cost(worker: Worker, server: Server, repeats: int, n: int) -> list[float]:
     """SyncMetricsLogger's log() with its loop thread idle (an endpoint that never answers), us per point."""
     costs = []
     for rep in range(repeats):
@@ -173,7 +130,7 @@ def idle_cost(worker: SyncWorker, server: Server, repeats: int, n: int) -> list[
     return costs
 
 
-def reference(worker: SyncWorker, server: Server, repeats: int, n: int) -> list[dict[str, Any]]:
+def reference(worker: Worker, server: Server, repeats: int, n: int) -> list[dict[str, Any]]:
     runs = []
     for rep in range(repeats):
         reply = worker.call(
@@ -484,12 +441,12 @@ def main() -> int:
     }
     _say(f"SyncMetricsLogger benchmark: N={n}; worker logs in {log_dir}")
     servers: list[Server] = []
-    workers: dict[str, SyncWorker] = {}
+    workers: dict[str, Worker] = {}
     results: dict[str, Any] = {"scenarios": {}, "floors": []}
     try:
         fast, slow, silent = Server("0 ms", 0.0), Server("20 ms", 0.020), Server("never answers", 10**6)
         servers = [fast, slow, silent]
-        workers = {c: SyncWorker(c, log_dir) for c in (MB, SDK)}
+        workers = {c: Worker(c, log_dir, script="_sync_worker.py") for c in (MB, SDK)}
         for contender, worker in workers.items():  # warm-up, not recorded
             worker.call(
                 cmd="run", endpoint=fast.url, tc=f"bench-sync-warmup-{contender}".replace("_", "-"), n=2000

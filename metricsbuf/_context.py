@@ -47,7 +47,8 @@ def loop_thread_marker(loop: asyncio.AbstractEventLoop) -> Any:
     asyncio loop records the thread that runs it in ``_thread_id``, and sets it to None when it
     stops: so a call from another thread, or from another loop in this thread while the logger's
     loop is stopped, takes the slow path, whose :meth:`RunContext.check` raises. A forked child
-    is refused by ``refuse_in_forked_child`` (the child's thread keeps the parent's id).
+    is refused by an at-fork hook (``_logger._refuse_in_forked_child``: the child's thread
+    keeps the parent's id).
     Other loop classes get the thread that started the logger.
     """
     if isinstance(loop, asyncio.BaseEventLoop) and getattr(loop, "_thread_id", None) == threading.get_ident():

@@ -230,8 +230,12 @@ class Ledger:
 
         That is the accounting invariant of ``stats``, so it is computed rather than counted.
         """
-        on_disk = self.listener.pending_on_disk_only if self.listener is not None else 0
-        return self.delivered + self.failed + self.dropped + self.held + on_disk
+        return self.delivered + self.failed + self.dropped + self.pending
+
+    @property
+    def pending(self) -> int:
+        """Held, or (with a spool) on disk only: not settled yet."""
+        return self.held + (self.listener.pending_on_disk_only if self.listener is not None else 0)
 
     def log_summary(self) -> None:
         """One line at close: a warning if anything failed or was dropped."""
@@ -264,7 +268,7 @@ class Ledger:
             rejected=self.rejected,
             retried=self.retried,
             requests=self.requests,
-            pending=self.held + (listener.pending_on_disk_only if listener is not None else 0),
+            pending=self.pending,
             recovered=listener.recovered if listener is not None else 0,
         )
 
