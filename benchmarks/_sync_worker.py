@@ -4,7 +4,8 @@
 
 Reads one JSON command per line on stdin and answers one JSON line on stdout (as _worker.py):
 
-    {"cmd": "run", "endpoint": URL, "tc": NAME, "n": N, "switch_interval": S or null, "gil_pause": S or null}
+    {"cmd": "run", "endpoint": URL, "tc": NAME, "n": N, "switch_interval": S or null, "gil_pause": S or null,
+     "runner": null or one of RUNNERS (the loop's variants: an idle logger, a spool, stand-ins for log())}
     {"cmd": "floor", "seconds": S, "mode": "alone" | "loop" | "python thread" | "CPU only"}
     {"cmd": "reference", "endpoint": URL, "tc": NAME, "n": N}   (the async logger, for comparison)
 
@@ -28,6 +29,7 @@ get it back while the logger's background thread holds it.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -35,6 +37,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import _workloads as w
@@ -232,11 +235,97 @@ def run_sync_metricsbuf_spool_sender(endpoint: str, tc: str, n: int) -> dict[str
     return result
 
 
-RUNNERS = {
+def _call_floors() -> dict[str, Any]:
+    """Stand-ins for log() that do less than any validating logger can: their cost in the same loop
+    is a floor for the caller's cost on this machine."""
+    from collections import deque
+
+    from metricsbuf._validation import MAX_STEP
+
+    clock = time.time
+    known = frozenset(w.NAMES)
+    queued: deque[tuple[Any, ...]] = deque()
+    append = queued.append
+
+    def empty(name: str, value: float, *, step: int | None = None, timestamp: float | None = None) -> None:
+        """A call with log()'s signature that does nothing."""
+
+    def least(name: str, value: float, *, step: int | None = None, timestamp: float | None = None) -> None:
+        """The least a validating log() does: read the clock, check the point, queue a tuple."""
+        now = clock()
+        if (
+            type(value) is float
+            and value - value == 0.0
+            and type(name) is str
+            and name in known
+            and timestamp is None
+            and (step is None or (type(step) is int and 0 <= step <= MAX_STEP))
+        ):
+            append((name, value, step, now, now))
+            return
+        raise ValueError(f"invalid point {name!r}")
+
+    return {"empty": empty, "least": least}
+
+
+def run_call_floor(
+    endpoint: str, tc: str, n: int, floor: str = "least", beside: bool = True
+) -> dict[str, Any]:
+    """The loop with a stand-in (``_call_floors``) in place of log(). ``beside``: while a
+    SyncMetricsLogger that was given the same N points just before the window sends them flat out
+    (its loop thread as busy as in ``run_sync_metricsbuf``); otherwise with no logger at all."""
+    import contextlib
+
+    import metricsbuf
+
+    call = _call_floors()[floor]
+    steps = n // len(w.NAMES)
+    with contextlib.ExitStack() as stack:
+        metrics = None
+        loop_cpu0 = 0.0
+        if beside:
+            metrics = stack.enter_context(
+                metricsbuf.SyncMetricsLogger(
+                    tc, max_in_flight=w.IN_FLIGHT, region_name=w.REGION, endpoint_url=endpoint
+                )
+            )
+            for step in range(steps):  # the backlog the loop thread sends during the window
+                for name in w.NAMES:
+                    metrics.log(name, 1.0 / (step + 1), step=step)
+            loop_cpu0 = _thread_cpu(metrics._thread.native_id)
+        pc = time.perf_counter
+        sleep = time.sleep
+        names = w.NAMES
+        producer = 0.0
+        t_start = pc()
+        for step in range(steps):
+            value = 1.0 / (step + 1)
+            t0 = pc()
+            for name in names:
+                call(name, value, step=step)
+            producer += pc() - t0
+            sleep(0)
+        elapsed = pc() - t_start
+        backlog = metrics.stats.pending if metrics is not None else 0
+        loop_cpu = _thread_cpu(metrics._thread.native_id) - loop_cpu0 if metrics is not None else 0.0
+    return {
+        "producer_time": producer,
+        "elapsed": elapsed,
+        "loop_thread_cpu": loop_cpu,
+        "backlog_at_end_of_loop": backlog,
+        "floor": floor,
+        "beside": beside,
+    }
+
+
+RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "sync_metricsbuf": run_sync_metricsbuf,
     "sync_metricsbuf_idle": run_sync_metricsbuf_idle,
     "sync_metricsbuf_spool_sender": run_sync_metricsbuf_spool_sender,
     "sagemaker_sdk": run_sagemaker_sdk,
+    "floor_empty_beside_sender": functools.partial(run_call_floor, floor="empty"),
+    "floor_least_beside_sender": functools.partial(run_call_floor, floor="least"),
+    "floor_least_alone": functools.partial(run_call_floor, floor="least", beside=False),
 }
 
 
