@@ -37,6 +37,7 @@ PACKAGES = (
     "psutil",
 )
 SCENARIOS = ("0ms", "latency", "errors")
+PAIRS = ("pairs-0ms", "pairs-errors")  # run.run_retry_pairs: the cheap-retry goal's back-to-back runs
 
 # Targets from issue 5 (ratios in one run).
 PRODUCER_MAX_VS_HAND = 1.0
@@ -252,6 +253,8 @@ def scenario_label(summary: dict[str, Any], scenario: str) -> str:
         "0ms": "0 ms added latency",
         "latency": f"{cfg['latency'] * 1000:g} ms added latency",
         "errors": f"0 ms, {cfg['error_rate']:.0%} per-index INTERNAL_ERROR",
+        "pairs-0ms": "0 ms, paired with the next (cheap-retry goal)",
+        "pairs-errors": f"0 ms, {cfg['error_rate']:.0%} per-index INTERNAL_ERROR, paired (cheap-retry goal)",
     }[scenario]
 
 
@@ -329,6 +332,30 @@ def _targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------------------- console
+
+
+def _retry_pair_lines(summary: dict[str, Any]) -> list[str]:
+    """Issue 12's goal: throughput under per-index errors >= 0.8x the error-free figure, measured
+    on pairs of runs back to back (run.run_retry_pairs), storing every point in every run."""
+    clean = summary["figures"].get(PAIRS[0], {}).get(C1)
+    faulty = summary["figures"].get(PAIRS[1], {}).get(C1)
+    if not clean or not faulty:
+        return []
+    ratios = [
+        f["throughput"] / c["throughput"] for c, f in zip(clean["per_run"], faulty["per_run"], strict=False)
+    ]
+    ratio = _median(ratios)
+    stored_min = faulty["stored_frac_min"]
+    ok = ratio >= 0.8 and stored_min >= 1.0
+    return [
+        f"Goal (cheap per-index retries): metricsbuf's throughput with {summary['config']['error_rate']:.0%} "
+        "per-index INTERNAL_ERROR >= 0.8x its error-free figure, storing 100% in every run, measured on "
+        f"{len(ratios)} pairs of runs back to back (the order alternating): median of the pairs' ratios "
+        f"{_fmt(ratio, '.3g')}x (pairs: {', '.join(_fmt(r, '.3g') for r in ratios)}; throughput without "
+        f"errors {clean['throughput']:,.0f}, with {faulty['throughput']:,.0f} points/s, medians), stored "
+        f"{_fmt(stored_min, '.2%')} (worst run): {'met' if ok else '**missed**'}",
+        "",
+    ]
 
 
 def _fmt(v: float, spec: str) -> str:
@@ -612,18 +639,14 @@ def markdown(summary: dict[str, Any], chart_name: str) -> str:
                     )
                 )
             add("")
-            # Issue 12's goal for cheap per-index retries: throughput under these errors at least
-            # 0.8x the error-free figure, still storing every point (worst run).
-            ratio = _ratio(_fig(summary, "errors", C1, "throughput"), _fig(summary, "0ms", C1, "throughput"))
-            stored_min = _fig(summary, "errors", C1, "stored_frac_min")
-            if not math.isnan(ratio):
-                ok = ratio >= 0.8 and stored_min >= 1.0
-                add(
-                    f"Goal (cheap per-index retries): metricsbuf's throughput here >= 0.8x its error-free "
-                    f"figure, storing 100% in every run: {_fmt(ratio, '.3g')}x, stored "
-                    f"{_fmt(stored_min, '.2%')} (worst run): {'met' if ok else '**missed**'}"
-                )
-                add("")
+            add(
+                "These scenarios run minutes apart, so their ratios mix the cost of retries with the "
+                "machine's drift: a contender that drops the failed points instead of retrying them "
+                "would come out at 0.9x without drift. Issue 12's goal for cheap per-index retries is "
+                "therefore measured on back-to-back pairs (below)."
+            )
+            add("")
+            out.extend(_retry_pair_lines(summary))
     add("## Event-loop stall floor")
     add("")
     add(
@@ -721,7 +744,7 @@ def markdown(summary: dict[str, Any], chart_name: str) -> str:
         )
     )
     add(_row(["---", "---", *["---:"] * 12]))
-    for sc in SCENARIOS:
+    for sc in (*SCENARIOS, *PAIRS):
         for c in (C1, C2, C3):
             f = summary["figures"].get(sc, {}).get(c)
             if not f:

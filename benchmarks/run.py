@@ -184,6 +184,30 @@ def run_scenario(
             _say("  " + _report.one_line(scenario, worker.contender, rep, run))
 
 
+def run_retry_pairs(
+    results: Results, clean: Server, faulty: Server, worker: Worker, n: int, repeats: int, timeout: float
+) -> None:
+    """Issue 12's cheap-retry goal: metricsbuf alone, one run without errors and one with per-index
+    errors back to back (alternating which goes first), so that both figures of each pair are
+    measured under the same machine conditions (the scenarios above are minutes apart)."""
+    for rep in range(repeats):
+        pair = [(_report.PAIRS[0], clean), (_report.PAIRS[1], faulty)]
+        for scenario, server in pair if rep % 2 == 0 else pair[::-1]:
+            tc = f"bench-{scenario}-{worker.contender.replace('_', '-')}-r{rep}"
+            reply = worker.call(cmd="run", endpoint=server.url, tc=tc, n=n, timeout=timeout)
+            if not reply.get("ok"):
+                msg = f"{scenario} {worker.contender} repeat {rep}: {reply.get('error')}"
+                results.errors.append(msg)
+                _say(f"  ERROR {msg}")
+                continue
+            run = reply["result"]
+            run["server"] = server.state(tc)
+            run["n"] = n
+            run["pair"] = rep
+            results.runs.setdefault(scenario, {}).setdefault(worker.contender, []).append(run)
+            _say("  " + _report.one_line(scenario, worker.contender, rep, run))
+
+
 def run_memory(
     results: Results,
     server: Server,
@@ -358,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
         if "errors" in scenarios:
             _say(f"scenario 'errors': 0 ms, {args.error_rate:.0%} per-index INTERNAL_ERROR ({faulty.url})")
             run_scenario(results, "errors", faulty, workers, n, args.repeats, args.timeout)
+            mb = [wk for wk in workers if wk.contender == "metricsbuf"]
+            if mb:
+                _say("cheap per-index retries: metricsbuf without and with errors, back to back")
+                run_retry_pairs(results, fast, faulty, mb[0], n, args.repeats, args.timeout)
 
         measure_floor(results, workers[0])
 
