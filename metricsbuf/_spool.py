@@ -109,6 +109,11 @@ SELECT ?1, json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extrac
        json_extract(value, '$[3]'), json_extract(value, '$[4]')
 FROM json_each(?2)
 """
+# Rows per _INSERT_POINTS document. json.dumps holds the GIL for a whole document (about 4 us a
+# row on a slow machine: 20,000 rows took 95 ms); the statement that parses it runs without the
+# GIL. So a commit of many points leaves the GIL every ~1 ms to the training thread, instead of
+# making it wait out the whole encoding (benchmarks/sync.py's GIL waits, with a spool).
+_INSERT_CHUNK = 256
 _INSERT_POINT = "INSERT INTO points(stream, name, value, step, ts, logged_at) VALUES (?, ?, ?, ?, ?, ?)"
 _NEGATIVE_ZERO = b"-0"
 _MARK_NEGATIVE_ZERO = "UPDATE points SET value = ? WHERE id IN (SELECT value FROM json_each(?))"
@@ -247,8 +252,11 @@ class Spool:
                 if new_points:
                     rows = [point[:5] for point in new_points]
                     if self._exact_text:
-                        # json.dumps keeps floats exact (repr) and a step of None as null.
-                        db.execute(_INSERT_POINTS, (stream_id, json.dumps(rows)))
+                        # json.dumps keeps floats exact (repr) and a step of None as null. One
+                        # document per _INSERT_CHUNK rows: json.dumps holds the GIL throughout.
+                        for start in range(0, len(rows), _INSERT_CHUNK):
+                            chunk = rows[start : start + _INSERT_CHUNK]
+                            db.execute(_INSERT_POINTS, (stream_id, json.dumps(chunk)))
                     else:
                         db.executemany(_INSERT_POINT, [(stream_id, *row) for row in rows])
                     last_id = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
