@@ -97,6 +97,22 @@ class ThreadTicker:
         }
 
 
+def timed_loop(log: Callable[..., None], steps: int) -> float:
+    """The loop of the module docstring for one contender's call; returns the seconds inside it."""
+    pc = time.perf_counter
+    sleep = time.sleep
+    names = w.NAMES
+    producer = 0.0
+    for step in range(steps):
+        value = 1.0 / (step + 1)
+        t0 = pc()
+        for name in names:
+            log(name, value, step=step)
+        producer += pc() - t0
+        sleep(0)
+    return producer
+
+
 def _thread_cpu(native_id: int | None) -> float:
     """CPU seconds (user + system) used so far by the thread with that native id (psutil)."""
     import psutil
@@ -123,24 +139,14 @@ def run_sync_metricsbuf(
         loop_thread = metrics._thread.native_id
         loop_cpu0 = _thread_cpu(loop_thread)
         ticker.start()
-        pc = time.perf_counter
-        sleep = time.sleep
-        names = w.NAMES
-        producer = 0.0
         cpu0 = time.process_time()
-        t_start = pc()
-        for step in range(steps):
-            value = 1.0 / (step + 1)
-            t0 = pc()
-            for name in names:
-                log(name, value, step=step)
-            producer += pc() - t0
-            sleep(0)
-        t_produced = pc()
+        t_start = time.perf_counter()
+        producer = timed_loop(log, steps)
+        t_produced = time.perf_counter()
         backlog = metrics.stats.pending
         if close_timeout >= 30.0:
             metrics.flush()
-        t_end = pc()
+        t_end = time.perf_counter()
         cpu = time.process_time() - cpu0
         ticker.stop()
         loop_cpu = _thread_cpu(loop_thread) - loop_cpu0
@@ -293,19 +299,9 @@ def run_call_floor(
                 for name in w.NAMES:
                     metrics.log(name, 1.0 / (step + 1), step=step)
             loop_cpu0 = _thread_cpu(metrics._thread.native_id)
-        pc = time.perf_counter
-        sleep = time.sleep
-        names = w.NAMES
-        producer = 0.0
-        t_start = pc()
-        for step in range(steps):
-            value = 1.0 / (step + 1)
-            t0 = pc()
-            for name in names:
-                call(name, value, step=step)
-            producer += pc() - t0
-            sleep(0)
-        elapsed = pc() - t_start
+        t_start = time.perf_counter()
+        producer = timed_loop(call, steps)
+        elapsed = time.perf_counter() - t_start
         backlog = metrics.stats.pending if metrics is not None else 0
         loop_cpu = _thread_cpu(metrics._thread.native_id) - loop_cpu0 if metrics is not None else 0.0
     return {

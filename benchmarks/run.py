@@ -170,18 +170,27 @@ def run_scenario(
     for rep in range(first_rep, first_rep + repeats):
         order = workers[rep % len(workers) :] + workers[: rep % len(workers)]  # rotate who goes first
         for worker in order:
-            tc = f"bench-{scenario}-{worker.contender.replace('_', '-')}-r{rep}"
-            reply = worker.call(cmd="run", endpoint=server.url, tc=tc, n=n, timeout=timeout)
-            if not reply.get("ok"):
-                msg = f"{scenario} {worker.contender} repeat {rep}: {reply.get('error')}"
-                results.errors.append(msg)
-                _say(f"  ERROR {msg}")
-                continue
-            run = reply["result"]
-            run["server"] = server.state(tc)
-            run["n"] = n
-            per.setdefault(worker.contender, []).append(run)
-            _say("  " + _report.one_line(scenario, worker.contender, rep, run))
+            run = run_once(results, scenario, server, worker, n, rep, timeout)
+            if run is not None:
+                per.setdefault(worker.contender, []).append(run)
+
+
+def run_once(
+    results: Results, scenario: str, server: Server, worker: Worker, n: int, rep: int, timeout: float
+) -> dict[str, Any] | None:
+    """One timed run of one contender; None (and the error recorded) if it failed."""
+    tc = f"bench-{scenario}-{worker.contender.replace('_', '-')}-r{rep}"
+    reply = worker.call(cmd="run", endpoint=server.url, tc=tc, n=n, timeout=timeout)
+    if not reply.get("ok"):
+        msg = f"{scenario} {worker.contender} repeat {rep}: {reply.get('error')}"
+        results.errors.append(msg)
+        _say(f"  ERROR {msg}")
+        return None
+    run: dict[str, Any] = reply["result"]
+    run["server"] = server.state(tc)
+    run["n"] = n
+    _say("  " + _report.one_line(scenario, worker.contender, rep, run))
+    return run
 
 
 def run_retry_pairs(
@@ -192,20 +201,14 @@ def run_retry_pairs(
     measured under the same machine conditions (the scenarios above are minutes apart)."""
     for rep in range(repeats):
         pair = [(_report.PAIRS[0], clean), (_report.PAIRS[1], faulty)]
-        for scenario, server in pair if rep % 2 == 0 else pair[::-1]:
-            tc = f"bench-{scenario}-{worker.contender.replace('_', '-')}-r{rep}"
-            reply = worker.call(cmd="run", endpoint=server.url, tc=tc, n=n, timeout=timeout)
-            if not reply.get("ok"):
-                msg = f"{scenario} {worker.contender} repeat {rep}: {reply.get('error')}"
-                results.errors.append(msg)
-                _say(f"  ERROR {msg}")
-                continue
-            run = reply["result"]
-            run["server"] = server.state(tc)
-            run["n"] = n
-            run["pair"] = rep
-            results.runs.setdefault(scenario, {}).setdefault(worker.contender, []).append(run)
-            _say("  " + _report.one_line(scenario, worker.contender, rep, run))
+        runs = {
+            scenario: run_once(results, scenario, server, worker, n, rep, timeout)
+            for scenario, server in (pair if rep % 2 == 0 else pair[::-1])
+        }
+        whole = {scenario: run for scenario, run in runs.items() if run is not None}
+        if len(whole) == len(pair):  # only whole pairs: their ratio is the figure
+            for scenario, run in whole.items():
+                results.runs.setdefault(scenario, {}).setdefault(worker.contender, []).append(run)
 
 
 def run_memory(
