@@ -19,6 +19,27 @@ a time (the sender's slots wait for the rate's turn holding one lock), where by 
 free slot books its turn at once. ``--no-backoff``: a throttled request waits only for its rate
 turn, without the sender's exponential backoff. ``--random-throttle``: one writer, no limit, a
 share of its requests refused at random (as the reliability tests inject): does the rate collapse?
+
+What the ``target_*`` variants (small steps aimed at a share of refusals) showed, with
+``--serial`` (rate3 branch; the figures are in that session's report, not repeated here):
+
+- With an oracle's start (every writer at exactly limit / K), small steps (cut 2% per throttle,
+  aimed at 1% refused) meet every goal at K = 4 and K = 8, in 25 s and 75 s runs: in steady state
+  the rule is right. The binding problem is the start.
+- A logger cannot know its share. The rate admitted over the last second at the first throttle
+  splits the service's burst at random (CV of the first rates about 0.25 at K = 4, 0.67 at K = 8
+  here; wider still between real processes on two cores), and multiplicative steps keep that
+  split: every writer behind one bucket sees the same refusal share, so nothing pulls the rates
+  together, and a writer started at the floor grows by a fraction per success, i.e. hardly at all.
+- An additive term restores fairness only at a rate of about 2 x p x beta per second (the
+  refused share times the cut): at K = 8 within a 5% refusal budget that is minutes, not seconds;
+  a large one (1 request/s per second) makes runs fairer and fuller but pushes refusals at K = 8
+  to 7-9%, and it is not scale-free.
+- A common start (every writer restarts at the same low rate and ramps) makes the writers equal
+  but hides the crossing of the limit behind the bucket's saved tokens (up to one second's worth):
+  the ramp overshoots about twofold before the first refusal.
+- Under random throttling above the target share the target rule sinks to the floor (worse than
+  ``current``): a logger cannot tell random refusals from its share of a shared limit.
 """
 
 from __future__ import annotations
