@@ -31,10 +31,11 @@ What the ``target_*`` variants (small steps aimed at a share of refusals) showed
   here; wider still between real processes on two cores), and multiplicative steps keep that
   split: every writer behind one bucket sees the same refusal share, so nothing pulls the rates
   together, and a writer started at the floor grows by a fraction per success, i.e. hardly at all.
-- An additive term restores fairness only at a rate of about 2 x p x beta per second (the
-  refused share times the cut): at K = 8 within a 5% refusal budget that is minutes, not seconds;
-  a large one (1 request/s per second) makes runs fairer and fuller but pushes refusals at K = 8
-  to 7-9%, and it is not scale-free.
+- An additive term (AIMD) pulls the rates together at about 2 x beta x (the writer's refusals
+  per second), from linearising dr/dt = a - p x beta x r^2: at K = 8 (5 requests/s each), 2%
+  refused and cuts of 30%, a time constant of about 17 s, as long as the run, while each cut adds
+  noise of its own. A large term (1 request/s per second) makes runs fairer and fuller but pushes
+  refusals at K = 8 to 7-9%, and it is not scale-free.
 - A common start (every writer restarts at the same low rate and ramps) makes the writers equal
   but hides the crossing of the limit behind the bucket's saved tokens (up to one second's worth):
   the ramp overshoots about twofold before the first refusal.
