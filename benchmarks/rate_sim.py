@@ -35,10 +35,11 @@ What the ``target_*`` variants (small steps aimed at a share of refusals) showed
   per second), from linearising dr/dt = a - p x beta x r^2: at K = 8 (5 requests/s each), 2%
   refused and cuts of 30%, a time constant of about 17 s, as long as the run, while each cut adds
   noise of its own. A large term (1 request/s per second) makes runs fairer and fuller but pushes
-  refusals at K = 8 to 7-9%, and it is not scale-free.
+  refusals at K = 8 to 7-10% (simulated and measured), and it is not scale-free.
 - A common start (every writer restarts at the same low rate and ramps) makes the writers equal
   but hides the crossing of the limit behind the bucket's saved tokens (up to one second's worth):
-  the ramp overshoots about twofold before the first refusal.
+  in the scratch tries of this session the ramp went several times past the share before the
+  first refusal.
 - Under random throttling above the target share the target rule sinks to the floor (worse than
   ``current``): a logger cannot tell random refusals from its share of a shared limit.
 """
