@@ -28,7 +28,7 @@ What the ``target_*`` variants (small steps aimed at a share of refusals) showed
   the rule is right. The binding problem is the start.
 - A logger cannot know its share. The rate admitted over the last second at the first throttle
   splits the service's burst at random (CV of the first rates about 0.25 at K = 4, 0.67 at K = 8
-  here; one real run of scale.py: 0.64 at K = 4, 0.50 at K = 8), and multiplicative steps keep that
+  here; one real run of scale.py: 0.64 at K = 4, 0.49 at K = 8), and multiplicative steps keep that
   split: every writer behind one bucket sees the same refusal share, so nothing pulls the rates
   together, and a writer started at the floor grows by a fraction per success, i.e. hardly at all.
 - An additive term (AIMD) pulls the rates together at about 2 x beta x (the writer's refusals
