@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,24 +135,34 @@ def test_single_thread_everything_is_delivered_once() -> None:
     assert losses == [1.0 / (step + 1) for step in range(1003)]  # one thread: in logged order
 
 
+def run_threads(produce: Callable[[int], None], count: int) -> list[BaseException]:
+    """Runs ``produce(0)`` .. ``produce(count - 1)`` in as many threads at once; returns what they raised."""
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            produce(index)
+        except BaseException as exc:  # noqa: BLE001 (reported by the test)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
 def test_eight_threads_every_point_is_stored_exactly_once() -> None:
     client = FakeClient()
     per_thread = 5_000
-    errors: list[BaseException] = []
     with SyncMetricsLogger("run-1", client=client, max_in_flight=4) as metrics:
 
         def produce(index: int) -> None:
-            try:
-                for step in range(per_thread):
-                    metrics.log(f"thread-{index}", float(step), step=step)
-            except BaseException as exc:  # noqa: BLE001 (reported by the test)
-                errors.append(exc)
+            for step in range(per_thread):
+                metrics.log(f"thread-{index}", float(step), step=step)
 
-        threads = [threading.Thread(target=produce, args=(i,)) for i in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        errors = run_threads(produce, 8)
         metrics.flush()
         assert metrics.stats.delivered == 8 * per_thread
     assert not errors
@@ -714,26 +725,18 @@ def test_a_call_under_way_when_close_starts_is_delivered_not_lost() -> None:
 
 def test_max_buffered_is_exact_with_many_threads_and_mixed_calls() -> None:
     client = GatedClient()  # nothing settles until the gate opens: the buffer fills and stays full
-    errors: list[BaseException] = []
     with SyncMetricsLogger(
         "run-1", client=client, max_buffered=333, on_full="drop_newest", close_timeout=10.0
     ) as metrics:
 
         def produce(index: int) -> None:
-            try:
-                for step in range(2_000):
-                    if step % 5 == 0:
-                        metrics.log_many({f"a{index}": 1.0, f"b{index}": 2.0}, step=step)
-                    else:
-                        metrics.log(f"t{index}", float(step), step=step)
-            except BaseException as exc:  # noqa: BLE001 (reported by the test)
-                errors.append(exc)
+            for step in range(2_000):
+                if step % 5 == 0:
+                    metrics.log_many({f"a{index}": 1.0, f"b{index}": 2.0}, step=step)
+                else:
+                    metrics.log(f"t{index}", float(step), step=step)
 
-        threads = [threading.Thread(target=produce, args=(i,)) for i in range(6)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        errors = run_threads(produce, 6)
         stats = metrics.stats
         assert stats.pending == 333, stats  # exactly max_buffered held, never more
         assert stats.logged == 6 * 2_400 and stats.dropped == stats.logged - 333, stats
