@@ -227,9 +227,9 @@ def report(config: dict[str, Any], results: dict[str, Any]) -> str:
         )
     )
     call_floor = _call_floor_us(results)
+    least = call_floor.get("floor_least_beside_sender", float("nan"))
     for key in ("0ms", "20ms"):
         cost = s[key][MB]["producer_us"]
-        least = call_floor.get("floor_least_beside_sender", float("nan"))
         floor_note = (
             f"; in the same loop beside the same sending thread, the least a validating log() does: "
             f"{least:.2f} us, above the goal"
@@ -353,7 +353,6 @@ def report(config: dict[str, Any], results: dict[str, Any]) -> str:
             "figures above is what it costs the caller to share the GIL (and the CPU) with a loop "
             "thread that sends flat out.",
         ]
-    call_floor = _call_floor_us(results)
     if call_floor:
         zero_cost = s["0ms"][MB]["producer_us"]
         lines += [
@@ -378,7 +377,6 @@ def report(config: dict[str, Any], results: dict[str, Any]) -> str:
         lines.append(
             f"| SyncMetricsLogger's `log()`, sending (the 0 ms scenario above) | {zero_cost:.3g} | |"
         )
-        least = call_floor.get("floor_least_beside_sender", float("nan"))
         alone = call_floor.get("floor_least_alone", float("nan"))
         verdict = (
             "So on this machine no logger that validates in the caller's thread meets the "
