@@ -3,16 +3,24 @@
 No network, no processes, no CPU contention: what the rate control alone does. Each writer has
 N batches and ``max_in_flight`` = 4 slots; every request takes its turn from the writer's rate
 (`AdaptiveRate.delay`), takes 5-30 ms to answer, and is admitted if the shared
-`TokenBucket(R, R)` (the fake service's limit) has a token. A throttled request waits the
-sender's backoff (0.1 x 2**(n-1) s + up to 0.1 s of jitter) and its rate turn, and goes again.
+`TokenBucket(R, R x burst_seconds)` (the fake service's limit: burst_seconds 1) has a token.
+A throttled request waits the sender's backoff (0.1 x 2**(n-1) s + up to 0.1 s of jitter) and
+its rate turn, and goes again.
 Goodput, throttled share and Jain's index are computed as in benchmarks/scale.py.
 
-It compares metricsbuf's experimental AdaptiveRate (_rate.py) with variants tried while looking
-for one that meets issue 12's goals (see SCALE.md, "Why the adaptive rate misses at K = 8"):
+It compares metricsbuf's AdaptiveRate (_rate.py, ``current``: a common ramp from the first
+throttle, the share solved from when the ramp meets the limit again, then small steps) with
+``previous`` (the design until session 6: cut to 0.8 x the rate admitted in the last second,
+CUBIC regrowth) and the other variants tried while looking for one that meets issue 12's goals
+(_rate_variants.py; SCALE.md has the tables):
 
-    python benchmarks/rate_sim.py [--seeds 6] [--seconds 25] [--variants current,absolute_cubic,...]
-        [--serial] [--no-backoff]
+    python benchmarks/rate_sim.py [--seeds 6] [--seconds 25] [--variants current,previous,...]
+        [--serial] [--no-backoff] [--burst-seconds 1]
     python benchmarks/rate_sim.py --random-throttle 0.05,0.1 [--variants ...]
+
+``--burst-seconds`` sets the bucket's depth in seconds of its rate: the current design's solve
+assumes 1 (``BUCKET_SECONDS``, the fake service's default), so other depths show how much it
+depends on that assumption.
 
 ``--serial`` models the sender more closely: a writer's slots take their first-send turns one at
 a time (the sender's slots wait for the rate's turn holding one lock), where by default every
@@ -38,23 +46,31 @@ What the ``target_*`` variants (small steps aimed at a share of refusals) showed
   refusals at K = 8 to 7-10% (simulated and measured), and it is not scale-free.
 - A common start (every writer restarts at the same low rate and ramps) makes the writers equal
   but hides the crossing of the limit behind the bucket's saved tokens (up to one second's worth):
-  in the scratch tries of this session the ramp went several times past the share before the
-  first refusal.
+  in the scratch tries of session 5 the ramp went several times past the share before the first
+  refusal.
 - Under random throttling above the target share the target rule sinks to the floor (worse than
-  ``current``): a logger cannot tell random refusals from its share of a shared limit.
+  ``previous``): a logger cannot tell random refusals from its share of a shared limit.
+
+Session 6 turned the last two findings into the current design: the ramp's overshoot is not
+noise but a measurement. How long the saved tokens hide the limit depends only on the ramp, the
+bucket's depth and the share, so the time of the ramp's first throttle gives the share
+(`metricsbuf._rate.solve_share`); the ramp's intervals are jittered so that no writer's request
+always arrives first after the bucket empties (without jitter the writers that started first
+kept finding the fresh tokens and solved 20-40% high).
 """
 
 from __future__ import annotations
 
 import argparse
 import heapq
-import math
 import random
 import statistics
 from collections.abc import Callable
 from typing import Any
 
-from metricsbuf._rate import WINDOW, AdaptiveRate
+from _rate_variants import AbsoluteCubic, CommonStart, CutToAdmitted, Off, TargetShare
+
+from metricsbuf._rate import AdaptiveRate
 from metricsbuf.testing._rate_limit import TokenBucket
 
 
@@ -75,6 +91,7 @@ def simulate(
     backoff: bool = True,
     random_throttle: float = 0.0,
     serial: bool = False,
+    burst_seconds: float = 1.0,
 ) -> dict[str, Any]:
     """K writers of n requests each against TokenBucket(limit, limit); with ``random_throttle``
     > 0 there is no limit, and that share of requests is refused at random instead. With
@@ -83,8 +100,9 @@ def simulate(
     (they wait for the rate's turn while holding the slots' lock), instead of each booking its
     turn at once; resends of throttled requests book their turns on their own in both cases."""
     rng = random.Random(seed)
+    random.seed(seed)  # for the variants' own random sources (`_seeded`)
     clock = Clock()
-    bucket = TokenBucket(limit, limit, clock)
+    bucket = TokenBucket(limit, limit * burst_seconds, clock)
     events: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
     seq = 0
 
@@ -169,138 +187,21 @@ def simulate(
         "requests": counts["requests"],
         "span": span,
         "final_rates": [r.rate for r in rates],
-        "goodput": sum(done) / (limit + limit * span),
+        "goodput": sum(done) / (bucket.capacity + limit * span),
         "throttled": counts["throttled"] / counts["requests"],
         "early": counts["early"] / counts["requests"],
         "jain": sum(writer_rates) ** 2 / (k * sum(r * r for r in writer_rates)),
     }
 
 
-class TargetShare(AdaptiveRate):
-    """Small steps aimed at a target share of refusals (multiplicative increase, multiplicative
-    decrease), with an optional additive increase for fairness.
-
-    - First throttle: the rate admitted over the last WINDOW (as `current`, without the 0.8 cut);
-      with ``fair_start`` (an oracle, not implementable: a logger does not know its share) every
-      writer starts at exactly ``limit / K`` instead.
-    - Each throttle of a request sent after the last cut: rate x (1 - beta).
-    - Each success: rate x exp(alpha), alpha = -ln(1 - beta) x target / (1 - target), so that the
-      rate is steady when ``target`` of the answers are throttles (p* = alpha / (alpha + beta)
-      in log terms); plus ``additive`` requests/s per second of time (AIMD's restoring force).
-    - After a cut the next request waits a whole interval (no BURST credit).
-    """
-
-    __slots__ = ("beta", "alpha", "additive", "share", "_updated")
-
-    def __init__(
-        self,
-        clock: Clock,
-        share: float,
-        beta: float = 0.1,
-        target: float = 0.02,
-        additive: float = 0.0,
-        fair_start: bool = False,
-    ) -> None:
-        super().__init__(clock)
-        self.beta, self.additive = beta, additive
-        self.alpha = -math.log(1 - beta) * target / (1 - target)
-        self.share = share if fair_start else None
-        self._updated = 0.0
-
-    def succeeded(self, sent_at: float) -> None:
-        now = self._clock()
-        successes_at = self._successes_at
-        successes_at.append(now)
-        while successes_at[0] < now - WINDOW:
-            successes_at.popleft()
-        if self.rate is None or sent_at < self._last_cut:
-            return
-        self.rate = self.rate * math.exp(self.alpha) + self.additive * (now - self._updated)
-        self._updated = now
-
-    def throttled(self, sent_at: float) -> None:
-        self.throttles_seen += 1
-        now = self._clock()
-        if self.rate is None:
-            successes_at = self._successes_at
-            while successes_at and successes_at[0] < now - WINDOW:
-                successes_at.popleft()
-            self.rate = max(self.min_rate, self.share or len(successes_at) / WINDOW)
-        elif sent_at < self._last_cut:
-            return
-        else:
-            self.rate = max(self.min_rate, self.rate * (1 - self.beta))
-        self._last_cut = self._updated = now
-        self.cuts += 1
-        self._next_send = max(self._next_send, now + 1 / self.rate)
-
-
-class Off(AdaptiveRate):
-    """The adaptive rate switched off (the sender's default): throttles never set a rate."""
-
-    __slots__ = ()
-
-    def throttled(self, sent_at: float) -> None:
-        self.throttles_seen += 1
-
-
-class AbsoluteCubic(AdaptiveRate):
-    """Cut to BETA x the admitted rate; regrowth along botocore's CUBIC in absolute requests/s."""
-
-    __slots__ = ("beta", "k0")
-    C = 0.4
-
-    def __init__(self, clock: Clock, beta: float = 0.8) -> None:
-        super().__init__(clock)
-        self.beta, self.k0 = beta, 0.0
-
-    def succeeded(self, sent_at: float) -> None:
-        super().succeeded(sent_at)  # keeps the window of successes
-        if self.rate is not None and sent_at >= self._last_cut:
-            t = self._clock() - self._last_cut
-            self.rate = max(self.min_rate, self._max_rate + self.C * (t - self.k0) ** 3)
-
-    def throttled(self, sent_at: float) -> None:
-        super().throttled(sent_at)
-        if self._last_cut == self._clock() and self.rate is not None:  # it cut just now
-            self.rate = max(self.min_rate, self.beta / 0.8 * self.rate)
-            self.k0 = (self._max_rate * (1 - self.beta) / self.C) ** (1 / 3)
-
-
-class CommonStart(AbsoluteCubic):
-    """AbsoluteCubic, but the first throttle restarts every writer from the same 2 requests/s,
-    doubling every 0.5 s until a throttle of a request sent 0.5 s or more after that restart (so
-    that the random split of the service's initial burst does not set the writers' shares)."""
-
-    __slots__ = ("slow",)
-
-    def __init__(self, clock: Clock) -> None:
-        super().__init__(clock)
-        self.slow = False
-
-    def succeeded(self, sent_at: float) -> None:
-        if self.slow and sent_at >= self._last_cut:
-            AdaptiveRate.succeeded(self, sent_at)
-            self.rate = 2.0 * 2 ** ((self._clock() - self._last_cut) / 0.5)
-            return
-        super().succeeded(sent_at)
-
-    def throttled(self, sent_at: float) -> None:
-        now = self._clock()
-        if self.rate is None:
-            self.slow, self.rate, self._last_cut = True, 2.0, now
-            self._next_send = now
-        elif self.slow:
-            if sent_at >= self._last_cut + 0.5:
-                self.slow = False
-                self._max_rate, self.rate, self._last_cut = self.rate, self.beta * self.rate, now
-                self.k0 = (self._max_rate * (1 - self.beta) / self.C) ** (1 / 3)
-        else:
-            super().throttled(sent_at)
+def _seeded(clock: Clock) -> AdaptiveRate:
+    # The ramp's jitter draws from its own source, seeded from the run's seed (see `simulate`).
+    return AdaptiveRate(clock, rng=random.Random(random.random()))
 
 
 VARIANTS: dict[str, Callable[[Clock, float], Any]] = {
-    "current": lambda c, share: AdaptiveRate(c),
+    "current": lambda c, share: _seeded(c),
+    "previous": lambda c, share: CutToAdmitted(c),
     "off": lambda c, share: Off(c),
     "absolute_cubic": lambda c, share: AbsoluteCubic(c),
     "absolute_cubic_beta_0.9": lambda c, share: AbsoluteCubic(c, beta=0.9),
@@ -324,6 +225,13 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--rate-limit", type=float, default=40.0)
     parser.add_argument("--seconds", type=float, default=25.0, help="run length at the limit")
+    parser.add_argument(
+        "--burst-seconds",
+        type=float,
+        default=1.0,
+        help="the bucket's depth in seconds of the limit (the fake service's default: 1); "
+        "AdaptiveRate's solve assumes 1 (BUCKET_SECONDS), so other values show its sensitivity",
+    )
     parser.add_argument(
         "--no-backoff", action="store_true", help="a throttled request waits only for its rate turn"
     )
@@ -373,6 +281,7 @@ def main() -> None:
                     seed,
                     backoff,
                     serial=args.serial,
+                    burst_seconds=args.burst_seconds,
                 )
                 for seed in range(1, args.seeds + 1)
             ]
