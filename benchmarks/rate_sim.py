@@ -92,6 +92,7 @@ def simulate(
     random_throttle: float = 0.0,
     serial: bool = False,
     burst_seconds: float = 1.0,
+    start_spread: float = 0.05,
 ) -> dict[str, Any]:
     """K writers of n requests each against TokenBucket(limit, limit); with ``random_throttle``
     > 0 there is no limit, and that share of requests is refused at random instead. With
@@ -168,7 +169,7 @@ def simulate(
             at(clock.now + wait, lambda: at(clock.now + rates[w].delay(), send, w, throttles + 1))
 
     for w in range(k):
-        t0 = clock.now + rng.uniform(0, 0.05)
+        t0 = clock.now + rng.uniform(0, start_spread)
         for _ in range(4):
             at(t0, slot_free, w)
     while events and any(e is None for e in ended):
@@ -233,6 +234,12 @@ def main() -> None:
         "AdaptiveRate's solve assumes 1 (BUCKET_SECONDS), so other values show its sensitivity",
     )
     parser.add_argument(
+        "--start-spread",
+        type=float,
+        default=0.05,
+        help="seconds over which the writers start, at random (processes on a busy machine: more)",
+    )
+    parser.add_argument(
         "--no-backoff", action="store_true", help="a throttled request waits only for its rate turn"
     )
     parser.add_argument(
@@ -282,6 +289,7 @@ def main() -> None:
                     backoff,
                     serial=args.serial,
                     burst_seconds=args.burst_seconds,
+                    start_spread=args.start_spread,
                 )
                 for seed in range(1, args.seeds + 1)
             ]

@@ -4,11 +4,11 @@
 send it through the client (one ``batch_put_metrics`` call per attempt):
 
 - every request, first sends and resends alike, first takes its turn from the logger's
-  adaptive rate (_rate.py): unlimited until the service throttles, then a rate that is cut on
-  throttling and grows back while requests succeed, shared by all the slots. That rate is
-  experimental and OFF by default (``adaptive_rate``): it cannot tell random throttling from a
-  capacity limit, and it misses issue 12's goals at 8 writers (benchmarks/SCALE.md); while it
-  is off the rate stays unlimited and only the backoff below paces throttled batches;
+  adaptive rate (_rate.py): unlimited until the service throttles, then a common ramp, the
+  logger's share solved from when the ramp meets the limit, and small steps around it, shared
+  by all the slots. That rate is experimental and OFF by default (``adaptive_rate``): it cannot
+  tell random throttling from a capacity limit (benchmarks/SCALE.md); while it is off the rate
+  stays unlimited and only the backoff below paces throttled batches;
 - a throttled request (``ThrottlingException`` and kin) keeps its slot and goes again at the
   rate's next turn; throttled sends do not count against ``max_attempts`` (throttling says
   "not now", not "this point is bad"), only ``delivery_timeout`` bounds them;
