@@ -190,6 +190,51 @@ def test_a_large_commit_leaves_the_gil_to_other_threads(tmp_path: Path) -> None:
     assert max(delays) < 0.05, (max(delays), commit_seconds)
 
 
+def test_a_large_load_leaves_the_gil_to_other_threads(tmp_path: Path) -> None:
+    """Reading a backlog back (a logger restarting on a full spool, `metricsbuf sync`) must not
+    hold the GIL for the whole read either. It was one JSON document parsed in one C call: 5,000
+    rows, what a logger loads at once, about 8 ms here, longer than the 5 ms a training thread
+    may wait; this test's 100,000 rows, 0.11 s. The same ticker as above, beside that load. The
+    garbage collector is off meanwhile: a full collection, which the load's 200,000 new objects
+    trigger, holds the GIL for as long as the process's heap takes to walk (45 ms here), and that
+    is the process's pause, not the spool's."""
+    import gc
+    import threading
+
+    now = time.time()
+    rows = [(f"m{i % 7}", 1.0 / (i + 1), i, now, now) for i in range(100_000)]
+    delays: list[float] = []
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            time.sleep(0.001)
+            delays.append(time.perf_counter() - started - 0.001)
+
+    spool = Spool.open(tmp_path)
+    ticker = threading.Thread(target=tick)
+    try:
+        spool.commit(stream_id=spool.stream_id("run-1"), new_points=rows)
+        gc.disable()
+        ticker.start()
+        time.sleep(0.01)
+        loaded = spool.load(after_id=0, limit=len(rows))
+        partial = spool.load(after_id=1000, limit=700)  # a limit and a start inside a chunk
+    finally:
+        gc.enable()
+        done.set()
+        ticker.join()
+        spool.close()
+    assert [(r.id, r.name, r.value, r.step) for r in loaded] == [
+        (i + 1, name, value, step) for i, (name, value, step, _, _) in enumerate(rows)
+    ]
+    assert [r.id for r in partial] == list(range(1001, 1701))
+    # Generous: one chunk's parse is well under 1 ms; the check of the rows is Python code, which
+    # gives the GIL up every switch interval (5 ms).
+    assert max(delays) < 0.05, max(delays)
+
+
 async def test_a_negative_zero_marks_the_spool_version_2_and_version_1_stays_readable(tmp_path: Path) -> None:
     plain, signed = tmp_path / "plain", tmp_path / "signed"
     for folder, value in ((plain, 0.0), (signed, -0.0)):
