@@ -81,7 +81,8 @@ def solve_share(start: float, growth: float, bucket: float, elapsed: float) -> f
     The bucket (in seconds of the limit) gains 1 - r(t) / s per second until the ramp crosses s
     at t_c, capped at ``bucket``, and then loses r(t) / s - 1 per second: it is empty again
     x / growth later, with e**x - 1 - x = growth * saved. The emptying time grows with s, so a
-    bisection finds it. Returns ``start`` or the ramp's rate at ``elapsed`` at the ends.
+    bisection between ``start`` and the ramp's rate at ``elapsed`` finds it (``start`` when
+    ``elapsed`` <= 0).
     """
 
     def emptied_after(s: float) -> float:
@@ -89,9 +90,9 @@ def solve_share(start: float, growth: float, bucket: float, elapsed: float) -> f
         saved = min(bucket, crossing - (1 - start / s) / growth)
         return crossing + _emptying_time(growth * saved) / growth
 
-    low, high = start, start * math.exp(growth * elapsed)
     if elapsed <= 0:
         return start
+    low, high = start, start * math.exp(growth * elapsed)
     for _ in range(60):
         mid = math.sqrt(low * high)
         if emptied_after(mid) < elapsed:
