@@ -23,7 +23,8 @@ Figures (every one from the service's own counters and the writers' clocks):
 - lost = points logged and not stored; failed = points the writer was told failed for good;
 - Jain's fairness index over the writers' rates (points stored / the writer's own duration).
 
-    python benchmarks/scale.py                     # K = 4 and 8, writes benchmarks/SCALE_RESULTS.md
+    python benchmarks/scale.py                     # K = 4 and 8, writes benchmarks/SCALE_RESULTS.md and .png
+    python benchmarks/scale.py --chart-only        # redraws SCALE_RESULTS.png from SCALE_RESULTS.md's runs
     python benchmarks/scale.py --quick             # smaller, prints only
     python benchmarks/scale.py --arithmetic        # the scale study's arithmetic (no run), see SCALE.md
 """
@@ -368,7 +369,8 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 f"{m['seconds']:.1f} | {m['goodput']:.3f} | {m['throttled_share']:.3f} | {m['requests']} | "
                 f"{m['lost']} | {m['failed']} | {m['jain']:.3f} | {', '.join(map(str, m['writer_rates']))} |"
             )
-    lines += ["", "## Goals (metricsbuf, both modes)", ""]
+    chart = Path(args.out).with_suffix(".png").name
+    lines += ["", "## Goals (metricsbuf, both modes)", "", f"Chart of the table above: {chart}.", ""]
     for m in runs:
         if not m["contender"].startswith("metricsbuf") or m.get("mode") == "in-process":
             continue
@@ -389,6 +391,59 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
         )
     lines += ["", "## Every run (JSON)", "", "```json", *(json.dumps(m) for m in runs), "```", ""]
     return "\n".join(lines)
+
+
+CONTENDER_COLORS = {"metricsbuf": "#7f7f7f", "metricsbuf_adaptive": "#1f77b4", "botocore_adaptive": "#ff7f0e"}
+
+
+def write_chart(runs: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Goodput, throttled share and Jain's index per K and contender (the process runs): a bar
+    for the mean over the repeats, a dot for each run, and the goal as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    process = [m for m in runs if m.get("mode") != "in-process"]
+    ks = sorted({m["writers"] for m in process})
+    contenders = [c for c in CONTENDER_COLORS if any(m["contender"] == c for m in process)]
+    panels = (
+        ("goodput", "goodput (share of the limit's capacity)", GOALS["goodput"]),
+        ("throttled_share", "throttled share of requests", GOALS["throttled_share"]),
+        ("jain", "Jain's index over the writers' rates", GOALS["jain"]),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.6))
+    width = 0.8 / max(1, len(contenders))
+    for ax, (key, label, goal) in zip(axes, panels, strict=True):
+        for i, contender in enumerate(contenders):
+            for j, k in enumerate(ks):
+                values = [m[key] for m in process if m["contender"] == contender and m["writers"] == k]
+                if not values:
+                    continue
+                x = j + (i - (len(contenders) - 1) / 2) * width
+                mean = sum(values) / len(values)
+                ax.bar(x, mean, width, color=CONTENDER_COLORS[contender], label=contender if j == 0 else None)
+                ax.plot([x] * len(values), values, "k.", markersize=4)
+                ax.annotate(f"{mean:.3f}", (x, mean), ha="center", va="bottom", fontsize=7)
+        ax.axhline(goal, color="k", linestyle="--", linewidth=0.8)
+        ax.set_xticks(range(len(ks)))
+        ax.set_xticklabels([f"K = {k} writers" for k in ks])
+        ax.set_title(f"{label}; goal {goal:g} (dashed)", fontsize=9)
+        ax.grid(axis="y", alpha=0.25)
+    axes[0].set_ylim(0.5, 1.02)
+    axes[2].set_ylim(0.5, 1.02)
+    axes[0].legend(fontsize=8, loc="lower left")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def runs_from_results(path: Path) -> list[dict[str, Any]]:
+    """The runs recorded in a results file's JSON block (one object per line)."""
+    text = path.read_text()
+    block = text[text.index("```json") + len("```json") : text.rindex("```")]
+    return [json.loads(line) for line in block.splitlines() if line.strip()]
 
 
 def requests_per_second(points_per_second: float, flush_interval: float, batch: int = 10) -> float:
@@ -459,9 +514,21 @@ def main() -> None:
     parser.add_argument("--no-in-process", action="store_true", help="skip the one-process runs")
     parser.add_argument("--quick", action="store_true", help="10 s runs; print only")
     parser.add_argument("--out", default=str(HERE / "SCALE_RESULTS.md"))
+    parser.add_argument(
+        "--chart-only",
+        action="store_true",
+        help="no run: redraw the chart (--out with .png) from the JSON block of the results file --out",
+    )
     args = parser.parse_args()
     if args.arithmetic:
         print(arithmetic(args))
+        return
+    out = Path(args.out)
+    chart_title = f"benchmarks/scale.py: K writer processes, one limit of {args.rate_limit:g} requests/s"
+    if args.chart_only:
+        stamp = out.read_text().splitlines()[2]  # the "Written by ... Commit ..." line
+        write_chart(runs_from_results(out), out.with_suffix(".png"), f"{chart_title}\n{stamp}")
+        print(f"wrote {out.with_suffix('.png')}")
         return
     if args.quick:
         args.seconds = 10.0
@@ -485,7 +552,8 @@ def main() -> None:
     if args.quick:
         print(text)
     else:
-        Path(args.out).write_text(text)
+        out.write_text(text)
+        write_chart(runs, out.with_suffix(".png"), f"{chart_title}\n{text.splitlines()[2]}")
         print(text)
 
 
