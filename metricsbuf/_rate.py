@@ -21,11 +21,12 @@ design puts the writers on an equal footing once, at the start, and then moves i
    seconds of the limit (`solve_share`): that rate is its share, without knowing K or the limit.
    The solution is corrected for the successes expected between the bucket emptying and this
    logger's first refusal.
-4. **Steady state**: small steps around the share. Each throttle of a request sent after the
-   last cut cuts the rate by ``STEP``; each success raises it a little, so that the rate is
-   steady at ``TARGET`` refused; and the longer no throttle comes, the faster it grows
-   (CUBIC's curve, doubling ``CUBIC_SCALE`` seconds after the last cut), so that capacity
-   freed by others is found again and a throttled period's end is noticed.
+4. **Steady state**: small steps around the share, starting ``SHARE_MARGIN`` (3%) below it.
+   Each throttle of a request sent after the last cut cuts the rate by ``STEP``; each success
+   raises it a little, so that the rate is steady at ``TARGET`` refused; and the longer no
+   throttle comes, the faster it grows (CUBIC's curve, doubling ``CUBIC_SCALE`` seconds after
+   the last cut), so that capacity freed by others is found again and a throttled period's end
+   is noticed.
 
 The rate never falls below ``min_rate`` (a throttled logger keeps probing) and returns to
 unlimited once it has grown past ``MAX_RATE``. Every request of the logger, first sends and
@@ -50,6 +51,10 @@ RAMP_GROWTH = 0.7  # per second: the ramp's exponential growth (x2 in about 1 s)
 RAMP_JITTER = 0.6  # each ramp interval is (1 +- 0.6) x its nominal length, at random
 RAMP_GRACE = 0.5  # seconds: throttles of requests sent this soon after the restart are the burst's
 BUCKET_SECONDS = 1.0  # the service's bucket depth assumed by the solve, in seconds of its rate
+# The steady state starts this far below the solved share: the bucket is empty then and the
+# solve is a few percent off either way; a rate a little low costs nothing until the bucket
+# fills (over 30 s at 3% below), one a little high is refused at once.
+SHARE_MARGIN = 0.97
 STEP = 0.02  # a throttle in steady state cuts the rate by 2%
 TARGET = 0.01  # the refused share at which successes and throttles balance
 CUBIC_SCALE = 30.0  # seconds: without a throttle the rate doubles this long after the last cut
@@ -199,7 +204,7 @@ class AdaptiveRate:
             if sent_at < self._ramp_start + RAMP_GRACE:
                 return  # sent while the bucket was still empty from before the restart
             self.share = self._solve(sent_at)
-            self._cut_to(self.share, now)
+            self._cut_to(self.share * SHARE_MARGIN, now)
         elif sent_at >= self._last_cut:  # older requests were sent at the old rate
             assert self.rate is not None
             self._cut_to(self.rate * (1.0 - STEP), now)
