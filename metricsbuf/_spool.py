@@ -114,9 +114,10 @@ FROM json_each(?2)
 # GIL. So a commit of many points leaves the GIL every ~1 ms to the training thread, instead of
 # making it wait out the whole encoding (benchmarks/sync.py's GIL waits, with a spool).
 _INSERT_CHUNK = 256
-# Rows per LOAD_POINTS document, for the same reason the other way: json.loads parses a whole
-# document in one C call (50,000 rows: 82 ms here), while SQLite builds the next one GIL-free.
-_LOAD_CHUNK = 512
+# Rows per LOAD_POINTS document (not _spooling._LOAD_CHUNK, the rows a logger loads at once),
+# for the same reason the other way: json.loads parses a whole document in one C call (50,000
+# rows: 82 ms here), while SQLite builds the next one GIL-free.
+_READ_CHUNK = 512
 _INSERT_POINT = "INSERT INTO points(stream, name, value, step, ts, logged_at) VALUES (?, ?, ?, ?, ?, ?)"
 _NEGATIVE_ZERO = b"-0"
 _MARK_NEGATIVE_ZERO = "UPDATE points SET value = ? WHERE id IN (SELECT value FROM json_each(?))"
@@ -298,7 +299,7 @@ class Spool:
             if self._exact_text:
                 rows: list[list[Any]] = []
                 while len(rows) < limit:
-                    chunk = min(_LOAD_CHUNK, limit - len(rows))
+                    chunk = min(_READ_CHUNK, limit - len(rows))
                     document = self._db.execute(LOAD_POINTS, (after_id, chunk)).fetchone()[0]
                     loaded = json.loads(document) if document else []
                     rows += loaded
