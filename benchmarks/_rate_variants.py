@@ -101,7 +101,7 @@ class TargetShare(CutToAdmitted):
     """Small steps aimed at a target share of refusals (multiplicative increase, multiplicative
     decrease), with an optional additive increase for fairness.
 
-    - First throttle: the rate admitted over the last WINDOW (as `current`, without the 0.8 cut);
+    - First throttle: the rate admitted over the last WINDOW (as `previous`, without the 0.8 cut);
       with ``fair_start`` (an oracle, not implementable: a logger does not know its share) every
       writer starts at exactly ``limit / K`` instead.
     - Each throttle of a request sent after the last cut: rate x (1 - beta).
