@@ -17,6 +17,7 @@ CUBIC regrowth) and the other variants tried while looking for one that meets is
     python benchmarks/rate_sim.py [--seeds 6] [--seconds 25] [--variants current,previous,...]
         [--serial] [--no-backoff] [--burst-seconds 1]
     python benchmarks/rate_sim.py --random-throttle 0.05,0.1 [--variants ...]
+    python benchmarks/rate_sim.py --competitors [--variants current,off]
 
 ``--burst-seconds`` sets the bucket's depth in seconds of its rate: the current design's solve
 assumes 1 (``BUCKET_SECONDS``, the fake service's default), so other depths show how much it
@@ -27,6 +28,11 @@ a time (the sender's slots wait for the rate's turn holding one lock), where by 
 free slot books its turn at once. ``--no-backoff``: a throttled request waits only for its rate
 turn, without the sender's exponential backoff. ``--random-throttle``: one writer, no limit, a
 share of its requests refused at random (as the reliability tests inject): does the rate collapse?
+``--competitors``: some of the K writers send with no rate at all (``off``: the sender's default,
+or any client that only backs off per request, such as the SageMaker SDK's) and never run out of
+points; the run ends when the rated writers are done. It prints a rated writer's rate over a
+competitor's (1: equal shares): what a logger with this rate gets when the account's limit is
+shared with clients that do not yield.
 
 What the ``target_*`` variants (small steps aimed at a share of refusals) showed, with
 ``--serial`` (rate3 branch; the figures are in that session's report, not repeated here):
@@ -93,6 +99,7 @@ def simulate(
     serial: bool = False,
     burst_seconds: float = 1.0,
     start_spread: float = 0.05,
+    competitors: int = 0,
 ) -> dict[str, Any]:
     """K writers of n requests each against TokenBucket(limit, limit); with ``random_throttle``
     > 0 there is no limit, and that share of requests is refused at random instead. With
@@ -112,9 +119,13 @@ def simulate(
         seq += 1
         heapq.heappush(events, (t, seq, fn, args))
 
-    rates = [make(clock, limit / k) for _ in range(k)]  # limit / k: only the oracle variant reads it
+    # limit / k: only the oracle variant reads it. The last ``competitors`` writers send with
+    # no rate at all (the sender's default, or any client that only backs off per request).
+    rates = [make(clock, limit / k) for _ in range(k - competitors)]
+    rates += [Off(clock) for _ in range(competitors)]
     first_rates: list[float] = []  # each writer's rate right after its first throttle
-    left, done = [n] * k, [0] * k
+    # Competitors never run out of work: the run ends when the rated writers are done.
+    left, done = [n] * (k - competitors) + [100 * n] * competitors, [0] * k
     started: list[float | None] = [None] * k
     ended: list[float | None] = [None] * k
     counts = {"requests": 0, "throttled": 0, "early": 0}
@@ -150,8 +161,12 @@ def simulate(
         ok = rng.random() >= random_throttle if random_throttle else bucket.take()
         at(clock.now + rng.uniform(0.005, 0.03), answer, w, clock.now, ok, throttles)
 
+    competitor_stored: list[float] = []  # when each competitor request was stored
+
     def answer(w: int, sent: float, ok: bool, throttles: int) -> None:
         if ok:
+            if w >= k - competitors:
+                competitor_stored.append(clock.now)
             rates[w].succeeded(sent)
             done[w] += 1
             if done[w] == n:
@@ -172,16 +187,22 @@ def simulate(
         t0 = clock.now + rng.uniform(0, start_spread)
         for _ in range(4):
             at(t0, slot_free, w)
-    while events and any(e is None for e in ended):
+    while events and any(e is None for e in ended[: k - competitors]):
         t, _, fn, args = heapq.heappop(events)
         clock.now = t
         fn(*args)
+    if competitors:
+        ended[k - competitors :] = [clock.now] * competitors
     first = min(s for s in started if s is not None)
     span = max(e for e in ended if e is not None) - first
     writer_rates = [
         n / (e - s) for s, e in zip(started, ended, strict=True) if s is not None and e is not None
     ]
     mean_first = statistics.mean(first_rates) if first_rates else 0.0
+
+    def competitor_rate(begun: float, end: float) -> float:  # one competitor's, in that time
+        return sum(1 for t in competitor_stored if begun <= t <= end) / competitors / (end - begun)
+
     return {
         # the spread of the writers' rates right after their first throttle (coefficient of variation)
         "start_cv": statistics.pstdev(first_rates) / mean_first if mean_first else 0.0,
@@ -192,6 +213,16 @@ def simulate(
         "throttled": counts["throttled"] / counts["requests"],
         "early": counts["early"] / counts["requests"],
         "jain": sum(writer_rates) ** 2 / (k * sum(r * r for r in writer_rates)),
+        "writer_rates": writer_rates,
+        # with competitors: a rated writer's rate (its points / its own time) over a competitor's
+        # in the same time, averaged over the rated writers; 1 is an equal share
+        "rate_ratio": statistics.mean(
+            writer_rates[w] / competitor_rate(begun, end)
+            for w, (begun, end) in enumerate(zip(started, ended, strict=True))
+            if w < k - competitors and begun is not None and end is not None
+        )
+        if competitors
+        else 1.0,
     }
 
 
@@ -253,8 +284,41 @@ def main() -> None:
         help="comma-separated shares (e.g. 0.05,0.1): ONE writer of 6,000 requests, no limit, that share "
         "refused at random; prints how long it took and its rate at the end",
     )
+    parser.add_argument(
+        "--competitors",
+        action="store_true",
+        help="K = 4 and 8 writers of which 1, 2 or 4 send with no rate (off) and never run out of "
+        "points; prints a rated writer's rate over a competitor's",
+    )
     args = parser.parse_args()
     backoff = not args.no_backoff
+    if args.competitors:
+        print(
+            "| variant | K | of which competitors (off) | a rated writer's rate / a competitor's "
+            "(mean, min; 1 = equal) | seconds until the rated writers are done (mean) |"
+        )
+        print("|---|---|---|---|---|")
+        for name in args.variants.split(","):
+            for k, competitors in ((4, 1), (4, 2), (8, 4)):
+                runs = [
+                    simulate(
+                        VARIANTS[name],
+                        k,
+                        int(args.rate_limit * args.seconds / k),
+                        args.rate_limit,
+                        seed,
+                        backoff,
+                        serial=args.serial,
+                        competitors=competitors,
+                    )
+                    for seed in range(1, args.seeds + 1)
+                ]
+                ratios = [r["rate_ratio"] for r in runs]
+                print(
+                    f"| {name} | {k} | {competitors} | {statistics.mean(ratios):.2f}, {min(ratios):.2f} "
+                    f"| {statistics.mean(r['span'] for r in runs):.0f} |"
+                )
+        return
     if args.random_throttle:
         print(
             "| variant | refused at random | seconds for 6,000 requests (mean, max) "
