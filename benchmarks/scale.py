@@ -8,8 +8,8 @@ Contenders, run in the same invocation, one after the other against a fresh serv
 - ``metricsbuf``: ``MetricsLogger(tc, endpoint_url=..., region_name=...)`` with every other option
   at its default (the adaptive rate is off by default); the writer logs its points
   (``await log``), then ``await flush()``.
-- ``metricsbuf_adaptive``: the same, with the experimental adaptive send rate (_rate.py) switched
-  on through a private attribute.
+- ``metricsbuf_adaptive``: the same with ``adaptive_rate=True``: the experimental adaptive send
+  rate (_rate.py).
 - ``botocore_adaptive``: hand-batched aiobotocore, batches of 10 points, 4 concurrent requests
   (metricsbuf's default ``max_in_flight``), client made with
   ``AioConfig(retries={"mode": "adaptive"}, parameter_validation=False)``; a request whose
@@ -69,9 +69,8 @@ GOALS = {
 async def _metricsbuf_writer(endpoint: str, tc: str, n: int, go: Any, adaptive: bool) -> dict[str, Any]:
     from metricsbuf import MetricsLogger
 
-    async with MetricsLogger(tc, endpoint_url=endpoint, region_name=REGION) as metrics:
-        if adaptive:
-            metrics._sender.adaptive_rate = True
+    options: dict[str, Any] = {"endpoint_url": endpoint, "region_name": REGION, "adaptive_rate": adaptive}
+    async with MetricsLogger(tc, **options) as metrics:
         await asyncio.to_thread(go.wait)
         started = time.time()
         for step in range(n):
@@ -247,9 +246,8 @@ def run_in_process(contender: str, writers: int, points: int, rate_limit: float)
 
         async def writer(tc: str) -> None:
             nonlocal failed
-            async with MetricsLogger(tc, client=client) as metrics:
-                if contender == "metricsbuf_adaptive":
-                    metrics._sender.adaptive_rate = True
+            adaptive = contender == "metricsbuf_adaptive"
+            async with MetricsLogger(tc, client=client, adaptive_rate=adaptive) as metrics:
                 started = time.time()
                 for step in range(points):
                     await metrics.log("loss", float(step), step=step)
@@ -334,7 +332,7 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "Goodput = distinct points stored / capacity. Throttled share = requests refused by the "
         "limit / all requests. Jain's index over the writers' rates (points stored / own duration). "
         "metricsbuf runs with default options (logs, then `flush()`; the adaptive rate is off by "
-        "default); metricsbuf_adaptive is the same with the experimental adaptive rate switched on; "
+        "default); metricsbuf_adaptive is the same with `adaptive_rate=True` (experimental); "
         "botocore_adaptive is "
         'hand-batched aiobotocore with `retries={"mode": "adaptive"}` and 4 concurrent requests.',
         "",

@@ -49,6 +49,12 @@ def _build_parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--max-attempts", type=int, default=8, help="sends per point before giving up (default 8)"
     )
+    sync.add_argument(
+        "--adaptive-rate",
+        action="store_true",
+        help="experimental: once throttled, send at a share of the limit learnt from the answers "
+        "(the adaptive_rate option; see the README)",
+    )
 
     inspect = commands.add_parser("inspect", help="show what a spool holds, without sending anything")
     inspect.add_argument("path", help="the spool folder")
@@ -81,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     region_name=args.region,
                     retry_failed=args.retry_failed,
                     max_attempts=args.max_attempts,
+                    adaptive_rate=args.adaptive_rate,
                 )
             )
         if args.command == "inspect":

@@ -51,6 +51,7 @@ async def sync(
     region_name: str | None = None,
     retry_failed: bool = False,
     max_attempts: int = 8,
+    adaptive_rate: bool = False,
     out: TextIO | None = None,
 ) -> int:
     """Sends everything pending in the spool at ``path``; returns the exit code (see the module docstring).
@@ -76,6 +77,7 @@ async def sync(
         spool_dir=path,
         max_attempts=max_attempts,
         max_in_flight=8,
+        adaptive_rate=adaptive_rate,
     )
     progress = Progress(out)
     try:

@@ -115,6 +115,11 @@ class MetricsLogger:
             failures; an exception in it is logged, never raised.
         backoff_initial, backoff_max: the exponential backoff between retries, in seconds
             (full jitter is added on top, up to ``backoff_initial``).
+        adaptive_rate: experimental. ``True``: once the service throttles, the logger limits
+            its own request rate to a share of the limit it learns from the answers (README,
+            "Many writers against one account's limit"). Use it when the writers sharing the
+            account's limit all use it; beside clients that do not back off it yields nearly
+            everything to them. ``False`` (the default): only the throttled batches back off.
 
         spool_dir: a folder for the on-disk spool (see README, "Durability"): every point is
             written there before it is sent, and what is not delivered stays there.
@@ -145,6 +150,7 @@ class MetricsLogger:
         on_failure: FailureCallback | None = None,
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
+        adaptive_rate: bool = False,
         spool_dir: str | os.PathLike[str] | None = None,
         spool_interval: float = 0.2,
         max_spool_bytes: int = 1 << 30,

@@ -42,6 +42,7 @@ class LoggerOptions:
     on_failure: FailureCallback | None
     backoff_initial: float
     backoff_max: float
+    adaptive_rate: bool
     spool_dir: str | os.PathLike[str] | None
     spool_interval: float
     max_spool_bytes: int
@@ -98,6 +99,7 @@ class LoggerOptions:
                 f"backoff_max ({self.backoff_max:g}) must not be below "
                 f"backoff_initial ({self.backoff_initial:g})"
             )
+        checked("adaptive_rate", v.check_bool_option("adaptive_rate", self.adaptive_rate))
         if self.spool_dir is not None:
             if not isinstance(self.spool_dir, (str, os.PathLike)):
                 raise InvalidMetricError(f"spool_dir must be a path, got {type(self.spool_dir).__name__}")

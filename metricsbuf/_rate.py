@@ -1,5 +1,9 @@
 """The adaptive send rate: how fast one logger sends when the service throttles it.
 
+Throttles set it only with the logger's ``adaptive_rate`` option (experimental, off by default:
+a logger cannot tell its share of a limit from throttling that does not depend on its rate, such
+as a limit shared with clients that do not back off; benchmarks/SCALE.md measures both).
+
 Many writers (jobs, hosts, ranks) share one account's limit, which the service does not
 publish. A logger learns its share from the answers it gets, and refusals are the only thing it
 learns about the others: at a few percent refused, a handful per writer in a whole run. So the

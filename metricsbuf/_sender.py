@@ -6,9 +6,10 @@ send it through the client (one ``batch_put_metrics`` call per attempt):
 - every request, first sends and resends alike, first takes its turn from the logger's
   adaptive rate (_rate.py): unlimited until the service throttles, then a common ramp, the
   logger's share solved from when the ramp meets the limit, and small steps around it, shared
-  by all the slots. That rate is experimental and OFF by default (``adaptive_rate``): it cannot
-  tell random throttling from a capacity limit (benchmarks/SCALE.md); while it is off the rate
-  stays unlimited and only the backoff below paces throttled batches;
+  by all the slots. That rate is experimental and OFF by default (the ``adaptive_rate``
+  option): it cannot tell random throttling, or a limit shared with clients that do not back
+  off, from its own share (benchmarks/SCALE.md); while it is off the rate stays unlimited and
+  only the backoff below paces throttled batches;
 - a throttled request (``ThrottlingException`` and kin) keeps its slot and goes again at the
   rate's next turn; throttled sends do not count against ``max_attempts`` (throttling says
   "not now", not "this point is bad"), only ``delivery_timeout`` bounds them;
@@ -78,10 +79,10 @@ class Sender:
             multiplier=options.backoff_initial, max=options.backoff_max, jitter=options.backoff_initial
         )
         self.rate = AdaptiveRate()  # every request takes its turn here (see _rate.py)
-        # Whether throttles cut the rate. Off by default for now: random (not capacity)
-        # throttling, as the reliability tests inject, makes the rate collapse (see the
-        # scale report); benchmarks/scale.py turns it on.
-        self.adaptive_rate = False
+        # Whether throttles set the rate (the ``adaptive_rate`` option). Off by default: it
+        # cannot tell random throttling, or a limit shared with clients that do not back off,
+        # from its own share of a limit (benchmarks/SCALE.md); then it collapses or yields.
+        self.adaptive_rate = options.adaptive_rate
         self._quota = RetryQuota()  # per-index resends without backoff, while it lasts
         # A resend without backoff waits at most this long for a batch to ride in.
         accumulator.lane_hold = options.backoff_initial

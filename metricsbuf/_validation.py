@@ -161,6 +161,14 @@ def check_seconds_option(option: str, value: object) -> float:
     return seconds
 
 
+def check_bool_option(option: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidMetricError(
+            f"{option} must be True or False, got {type(value).__name__} {_short_repr(value)}"
+        )
+    return value
+
+
 def check_choice_option(option: str, value: object, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise InvalidMetricError(

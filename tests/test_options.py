@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 
-from metricsbuf import MetricsLogger
+import pytest
+
+from metricsbuf import InvalidMetricError, MetricsLogger
 from metricsbuf._options import LoggerOptions
 
 
@@ -22,3 +24,14 @@ def test_options_reach_the_logger_as_given() -> None:
     options = metrics._options
     assert (options.max_batch_size, options.flush_interval, options.on_full) == (3, 0.5, "raise")
     assert options.close_timeout == 30.0  # a default
+
+
+def test_the_adaptive_rate_is_off_unless_asked_for() -> None:
+    assert MetricsLogger("run-1")._sender.adaptive_rate is False
+    assert MetricsLogger("run-1", adaptive_rate=True)._sender.adaptive_rate is True
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_adaptive_rate_must_be_a_bool(value: object) -> None:
+    with pytest.raises(InvalidMetricError, match=r"adaptive_rate must be True or False, got"):
+        MetricsLogger("run-1", adaptive_rate=value)  # type: ignore[arg-type]

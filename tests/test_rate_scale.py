@@ -38,13 +38,12 @@ async def test_loggers_sharing_one_limit_get_similar_shares() -> None:
     # Three backlogged loggers (adaptive rate on) share one limit of 30 requests/s. Each logs its
     # points at once and flushes; its rate is points stored / its own time.
     client = InMemoryMetricsClient(rate_limit=30, rate_limit_burst=30, parameter_validation=False)
-    loggers = [MetricsLogger(f"writer-{i}", client=client) for i in range(3)]
+    loggers = [MetricsLogger(f"writer-{i}", client=client, adaptive_rate=True) for i in range(3)]
     finished: list[float] = []
     started = time.monotonic()
 
     async def writer(metrics: MetricsLogger) -> None:
         async with metrics:
-            metrics._sender.adaptive_rate = True
             await log_all(metrics, 600)
             await metrics.flush()
             finished.append(time.monotonic() - started)
@@ -62,6 +61,20 @@ async def test_loggers_sharing_one_limit_get_similar_shares() -> None:
     assert all(m._sender.rate.cuts > 0 for m in loggers)  # each one did meet the limit
 
 
+async def test_without_adaptive_rate_throttles_set_no_rate() -> None:
+    # The default: throttled batches back off in their slots, and the logger's rate stays
+    # unlimited (the rate's phase never leaves "unlimited"); with adaptive_rate=True the same
+    # throttles start its ramp.
+    for adaptive, phases in ((False, {"unlimited"}), (True, {"ramp", "steady"})):
+        client = InMemoryMetricsClient(rate_limit=20, rate_limit_burst=20, parameter_validation=False)
+        async with MetricsLogger("throttled", client=client, adaptive_rate=adaptive) as metrics:
+            await log_all(metrics, 1000)
+            await metrics.flush()
+            assert client.counts["rate_limited"] > 0, client.counts
+            assert metrics._sender.rate.phase in phases, (adaptive, metrics._sender.rate.phase)
+            assert metrics.stats.delivered == 1000, metrics.stats
+
+
 async def test_the_adaptive_rate_goes_back_up_once_the_throttled_period_ends(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -73,8 +86,7 @@ async def test_the_adaptive_rate_goes_back_up_once_the_throttled_period_ends(
     monkeypatch.setattr(_rate, "CUBIC_SCALE", 5.0)
     client = InMemoryMetricsClient(rate_limit=10, rate_limit_burst=10, parameter_validation=False)
     # max_buffered keeps the backlog (drained at the close) small.
-    async with MetricsLogger("recovering", client=client, max_buffered=1000) as metrics:
-        metrics._sender.adaptive_rate = True
+    async with MetricsLogger("recovering", client=client, max_buffered=1000, adaptive_rate=True) as metrics:
         producer = asyncio.ensure_future(log_all(metrics, 100_000))
         rate = metrics._sender.rate
         for _ in range(100):  # up to 10 s

@@ -38,6 +38,7 @@ def options(client: Any, **overrides: Any) -> LoggerOptions:
         "on_failure": None,
         "backoff_initial": 0.01,
         "backoff_max": 0.02,
+        "adaptive_rate": False,
         "spool_dir": None,
         "spool_interval": 0.2,
         "max_spool_bytes": 1 << 20,
@@ -121,8 +122,7 @@ async def test_throttled_sends_do_not_count_against_max_attempts() -> None:
             raise unavailable()
 
     client = FakeClient(handler)
-    sender, accumulator, ledger = parts(client, max_attempts=3)
-    sender.adaptive_rate = True
+    sender, accumulator, ledger = parts(client, max_attempts=3, adaptive_rate=True)
     sender.rate.min_rate = 1000.0  # keeps the test quick
     await sender._deliver(batch_of(accumulator, ledger, 2))
     assert (ledger.delivered, ledger.failed, ledger.requests) == (2, 0, 7)
@@ -130,8 +130,7 @@ async def test_throttled_sends_do_not_count_against_max_attempts() -> None:
 
 async def test_sustained_throttling_fails_points_only_at_their_delivery_timeout() -> None:
     client = FakeClient(lambda n, data: (_ for _ in ()).throw(throttled()))
-    sender, accumulator, ledger = parts(client, max_attempts=1, delivery_timeout=0.5)
-    sender.adaptive_rate = True
+    sender, accumulator, ledger = parts(client, max_attempts=1, delivery_timeout=0.5, adaptive_rate=True)
     sender.rate.min_rate = 50.0  # keeps the test quick
     started = time.monotonic()
     await sender._deliver(batch_of(accumulator, ledger, 2))

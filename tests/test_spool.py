@@ -20,6 +20,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from conftest import FakeClient, assert_accounted, errors
 
+import metricsbuf._cli
 from metricsbuf import (
     BufferFullError,
     InvalidMetricError,
@@ -162,6 +163,30 @@ async def test_offline_then_sync(tmp_path: Path, capsys: pytest.CaptureFixture[s
         stored = Counter((p.trial_component, p.name, p.step) for p in svc.points)
     assert len(stored) == 600 and set(stored.values()) == {1}
     assert rows(tmp_path) == []
+
+
+async def test_sync_with_adaptive_rate_sends_through_a_logger_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with MetricsLogger("offline-run", spool_dir=tmp_path, offline=True) as metrics:
+        for step in range(50):
+            await metrics.log("a", 1.0, step=step)
+    made: list[MetricsLogger] = []
+
+    class Recorded(MetricsLogger):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(metricsbuf._cli, "MetricsLogger", Recorded)
+    async with FakeMetricsService() as svc:
+        with pytest.MonkeyPatch.context() as env:
+            for key, value in svc.environ().items():
+                env.setenv(key, value)
+            assert await asyncio.to_thread(cli, ["sync", str(tmp_path), "--adaptive-rate"]) == 0
+            assert await asyncio.to_thread(cli, ["sync", str(tmp_path)]) == 0
+        assert len(svc.points) == 50
+    assert [m._options.adaptive_rate for m in made] == [True, False]
 
 
 async def test_sync_reports_failures_and_retry_failed_sends_dead_letters(
