@@ -14,6 +14,7 @@ import os
 import platform
 import statistics
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -579,7 +580,7 @@ def markdown(summary: dict[str, Any], chart_name: str) -> str:
                 r2, r3 = _ratio_cells(summary, sc, c, key)
                 cells.append(f"{_fmt(v, spec)} ({r2} / {r3})")
             add(_row([title + " (x hand / x SDK)", *cells]))
-        extra = (
+        extra: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
             (
                 "producer cost range over runs, us",
                 lambda f: f"{f['producer_us_range'][0]:.3g} - {f['producer_us_range'][1]:.3g}",

@@ -94,7 +94,7 @@ class _Meter:
         rss = self._proc.memory_info().rss
         maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         top = max(rss, maxrss if maxrss > self._maxrss0 else 0)
-        return top - self._rss0
+        return int(top - self._rss0)
 
 
 async def _wait_until_paused(progress: Any, task: asyncio.Task[Any], quiet: float) -> bool:

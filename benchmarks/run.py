@@ -249,7 +249,7 @@ def run_memory(
                         cwd=HERE,
                         timeout=timeout,
                     )
-                    reply = (
+                    reply: dict[str, Any] = (
                         json.loads(proc.stdout.splitlines()[-1])
                         if proc.stdout.strip()
                         else {"ok": False, "error": f"exit code {proc.returncode}, no answer"}

@@ -56,7 +56,7 @@ def _say(text: str) -> None:
 
 
 def _us_per_point(run: dict[str, Any], key: str = "producer_time") -> float:
-    return float(run[key]) / run["n"] * 1e6
+    return float(run[key]) / float(run["n"]) * 1e6
 
 
 def one_line(label: str, run: dict[str, Any]) -> str:
@@ -292,7 +292,7 @@ def report(config: dict[str, Any], results: dict[str, Any]) -> str:
     lines += ["", "## Figures (medians over repeats)", ""]
     header = "| figure | " + " | ".join(f"{LABEL[c]} {k}" for k in ("0ms", "20ms") for c in (MB, SDK)) + " |"
     lines += [header, "| --- |" + " ---: |" * 4]
-    rows = [
+    rows: list[tuple[str, str | None, str]] = [
         ("caller's cost, us per point", "producer_us", ".3g"),
         ("  range over runs, us", None, ""),
         ("longest GIL wait of the ticker, ms (median of runs' longest)", "gil_max_ms", ".2f"),
@@ -304,17 +304,17 @@ def report(config: dict[str, Any], results: dict[str, Any]) -> str:
         ("points held when the loop ended", "backlog", ".0f"),
         ("longest full garbage collection in a window, ms", "gc_longest_full_ms", ".1f"),
     ]
-    for title, key, spec in rows:
+    for title, figure, spec in rows:
         cells = []
         for k in ("0ms", "20ms"):
             for c in (MB, SDK):
                 fig = s[k][c]
-                if key is None:
+                if figure is None:
                     cells.append(f"{fig['producer_us_min']:.3g} - {fig['producer_us_max']:.3g}")
-                elif c == SDK and key == "loop_cpu_share":
+                elif c == SDK and figure == "loop_cpu_share":
                     cells.append("n/a")
                 else:
-                    cells.append(format(fig[key], spec))
+                    cells.append(format(fig[figure], spec))
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     stored_ok = all(s[k][MB]["stored_all"] == 1.0 for k in s)
     lines += [
