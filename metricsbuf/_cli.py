@@ -105,6 +105,11 @@ async def sync(
     out.write(
         f"pending:   {stats.pending}" + ("  (run `metricsbuf sync` again)" if stats.pending else "") + "\n"
     )
+    if stats.throttled:
+        out.write(
+            f"throttled: {stats.throttled} of {stats.requests} requests (the account's limit; "
+            "see --adaptive-rate)\n"
+        )
     if dead:
         # Failed points are kept as dead letters, with those of earlier runs: the spool is not empty.
         out.write(f"dead letters: {dead} in the spool (`metricsbuf sync --retry-failed` sends them again)\n")

@@ -65,6 +65,7 @@ class Ledger:
         "rejected",
         "retried",
         "requests",
+        "throttled",
         "held",
         "reporter",
         "listener",
@@ -77,7 +78,7 @@ class Ledger:
     def __init__(self, trial_component: str, on_failure: FailureCallback | None) -> None:
         self.trial_component = trial_component  # for messages; set at start when found then
         self.delivered = self.failed = self.dropped = 0
-        self.rejected = self.retried = self.requests = 0
+        self.rejected = self.retried = self.requests = self.throttled = 0
         # Accepted and not yet settled: queued, in flight, waiting to be resent, or (with a
         # spool) staged or being written. Kept explicitly: the fast path compares it with
         # max_buffered at every call.
@@ -240,22 +241,26 @@ class Ledger:
     def log_summary(self) -> None:
         """One line at close: a warning if anything failed or was dropped."""
         stats = self.stats()
+        # Throttling costs no point, but says the account's limit is near (README, "Many writers").
+        throttled = f"; {stats.throttled} of {stats.requests} requests throttled" if stats.throttled else ""
         if stats.failed or stats.dropped:
             log.warning(
-                "metricsbuf: closed trial component %r: %d logged, %d delivered, %d failed %s, %d dropped",
+                "metricsbuf: closed trial component %r: %d logged, %d delivered, %d failed %s, %d dropped%s",
                 self.trial_component,
                 stats.logged,
                 stats.delivered,
                 stats.failed,
                 self.reporter.by_code,
                 stats.dropped,
+                throttled,
             )
         else:
             log.info(
-                "metricsbuf: closed trial component %r: %d logged, %d delivered",
+                "metricsbuf: closed trial component %r: %d logged, %d delivered%s",
                 self.trial_component,
                 stats.logged,
                 stats.delivered,
+                throttled,
             )
 
     def stats(self) -> MetricsStats:
@@ -270,6 +275,7 @@ class Ledger:
             requests=self.requests,
             pending=self.pending,
             recovered=listener.recovered if listener is not None else 0,
+            throttled=self.throttled,
         )
 
 

@@ -31,6 +31,9 @@ class MetricsStats:
         pending: points held right now: queued, in flight, or waiting for a retry; with a
             spool, also those waiting on disk.
         recovered: of ``logged``, the points a previous run left in the spool, found at start.
+        throttled: of ``requests``, those the service refused with ``ThrottlingException`` (the
+            account's limit: README, "Many writers against one account's limit"). They do not
+            count against ``max_attempts``.
     """
 
     logged: int
@@ -42,6 +45,7 @@ class MetricsStats:
     requests: int
     pending: int
     recovered: int = 0
+    throttled: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -266,6 +266,7 @@ class Sender:
             failure = classify_exception(exc)
             batch.maybe_stored = failure.ambiguous
             if failure.throttled:
+                ledger.throttled += 1
                 if self.adaptive_rate:
                     self.rate.throttled(sent_at)
                 # Not an attempt of these points: only delivery_timeout bounds throttling.

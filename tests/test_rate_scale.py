@@ -14,6 +14,7 @@ asserts behaviour (shares, counts, outcomes), not speed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from pathlib import Path
@@ -73,6 +74,22 @@ async def test_without_adaptive_rate_throttles_set_no_rate() -> None:
             assert client.counts["rate_limited"] > 0, client.counts
             assert metrics._sender.rate.phase in phases, (adaptive, metrics._sender.rate.phase)
             assert metrics.stats.delivered == 300, metrics.stats
+
+
+async def test_stats_count_the_throttled_requests_and_the_close_line_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Whether the account is throttling a logger, and how much, is in its stats (the hint to
+    # log less, or to turn adaptive_rate on), and in the line it logs at close.
+    client = InMemoryMetricsClient(rate_limit=20, rate_limit_burst=20, parameter_validation=False)
+    with caplog.at_level(logging.INFO, logger="metricsbuf"):
+        async with MetricsLogger("throttled", client=client) as metrics:
+            await log_all(metrics, 300)
+            await metrics.flush()
+    throttled = client.counts["rate_limited"]
+    assert throttled > 0 and metrics.stats.throttled == throttled, (client.counts, metrics.stats)
+    assert metrics.stats.requests == client.counts["requests"], (client.counts, metrics.stats)
+    assert f"{throttled} of {metrics.stats.requests} requests throttled" in caplog.text, caplog.text
 
 
 async def test_the_adaptive_rate_goes_back_up_once_the_throttled_period_ends(

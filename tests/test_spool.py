@@ -189,6 +189,22 @@ async def test_sync_with_adaptive_rate_sends_through_a_logger_with_it(
     assert [m._options.adaptive_rate for m in made] == [True, False]
 
 
+async def test_sync_says_how_many_requests_were_throttled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with MetricsLogger("offline-run", spool_dir=tmp_path, offline=True) as metrics:
+        for step in range(50):
+            await metrics.log("a", 1.0, step=step)
+    async with FakeMetricsService(rate_limit=5, rate_limit_burst=1) as svc:
+        with pytest.MonkeyPatch.context() as env:
+            for key, value in svc.environ().items():
+                env.setenv(key, value)
+            assert await asyncio.to_thread(cli, ["sync", str(tmp_path)]) == 0
+        throttled = svc.counts["rate_limited"]
+        assert throttled > 0 and len(svc.points) == 50
+    assert f"throttled: {throttled} of {svc.counts['requests']} requests" in capsys.readouterr().out
+
+
 async def test_sync_reports_failures_and_retry_failed_sends_dead_letters(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
