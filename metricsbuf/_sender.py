@@ -49,6 +49,9 @@ from ._reporting import log
 from ._retry_policy import FINAL_INDEX_CODES, RETRYABLE_INDEX_CODES, RetryQuota, classify_exception
 
 _UTC = timezone.utc
+# Once this many requests, and at least a quarter of all so far, were throttled, the logger warns
+# (once): nothing fails, so the user would not otherwise learn that the limit is reached.
+THROTTLING_WARNING_AFTER = 20
 
 
 class _Resend(Exception):
@@ -83,6 +86,7 @@ class Sender:
         # cannot tell random throttling, or a limit shared with clients that do not back off,
         # from its own share of a limit (benchmarks/SCALE.md); then it collapses or yields.
         self.adaptive_rate = options.adaptive_rate
+        self._warned_throttling = False
         self._quota = RetryQuota()  # per-index resends without backoff, while it lasts
         # A resend without backoff waits at most this long for a batch to ride in.
         accumulator.lane_hold = options.backoff_initial
@@ -267,6 +271,8 @@ class Sender:
             batch.maybe_stored = failure.ambiguous
             if failure.throttled:
                 ledger.throttled += 1
+                if not self._warned_throttling:
+                    self._warn_if_throttled_heavily()
                 if self.adaptive_rate:
                     self.rate.throttled(sent_at)
                 # Not an attempt of these points: only delivery_timeout bounds throttling.
@@ -284,6 +290,21 @@ class Sender:
         batch.maybe_stored = False
         self.rate.succeeded(sent_at)
         self._apply_response(batch, response)
+
+    def _warn_if_throttled_heavily(self) -> None:
+        ledger = self._ledger
+        if ledger.throttled < THROTTLING_WARNING_AFTER or 4 * ledger.throttled < ledger.requests:
+            return
+        self._warned_throttling = True
+        log.warning(
+            "metricsbuf: %d of %d requests so far were throttled (ThrottlingException): the "
+            "account's BatchPutMetrics limit is reached. Throttled points are resent and nothing "
+            "is lost, but the requests count against a limit your other jobs share: log fewer "
+            "metrics or from fewer ranks, or, if every writer on the account uses metricsbuf, try "
+            "adaptive_rate=True (README: Many writers against one account's limit)",
+            ledger.throttled,
+            ledger.requests,
+        )
 
     def _apply_response(self, batch: Batch, response: object) -> None:
         """Settles each point of an answered request: delivered, failed, or into the resend lane."""

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_accounted
 
-from metricsbuf import MetricsLogger, _rate
+from metricsbuf import MetricsLogger, _rate, _sender
 from metricsbuf.testing import InMemoryMetricsClient
 
 
@@ -90,6 +90,19 @@ async def test_stats_count_the_throttled_requests_and_the_close_line_says_so(
     assert throttled > 0 and metrics.stats.throttled == throttled, (client.counts, metrics.stats)
     assert metrics.stats.requests == client.counts["requests"], (client.counts, metrics.stats)
     assert f"{throttled} of {metrics.stats.requests} requests throttled" in caplog.text, caplog.text
+
+
+async def test_heavy_throttling_is_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
+    # Nothing fails, so without a word a user would not know the account's limit is reached.
+    client = InMemoryMetricsClient(rate_limit=20, rate_limit_burst=20, parameter_validation=False)
+    with caplog.at_level(logging.WARNING, logger="metricsbuf"):
+        async with MetricsLogger("throttled", client=client) as metrics:
+            await log_all(metrics, 600)
+            await metrics.flush()
+    assert metrics.stats.throttled >= _sender.THROTTLING_WARNING_AFTER, metrics.stats
+    warnings = [r.getMessage() for r in caplog.records if "were throttled" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "adaptive_rate" in warnings[0] and "nothing is lost" in warnings[0], warnings[0]
 
 
 async def test_the_adaptive_rate_goes_back_up_once_the_throttled_period_ends(
