@@ -249,6 +249,12 @@ VARIANTS: dict[str, Callable[[Clock, float], Any]] = {
 }
 
 
+def print_header(*columns: str) -> None:
+    """A Markdown table's header row and its separator."""
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -292,27 +298,26 @@ def main() -> None:
     )
     args = parser.parse_args()
     backoff = not args.no_backoff
+
+    def seeded_runs(name: str, k: int, **options: Any) -> list[dict[str, Any]]:
+        """One run per seed: K writers with about ``--seconds`` of work at the limit between them."""
+        points = int(args.rate_limit * args.seconds / k)
+        return [
+            simulate(VARIANTS[name], k, points, args.rate_limit, seed, backoff, serial=args.serial, **options)
+            for seed in range(1, args.seeds + 1)
+        ]
+
     if args.competitors:
-        print(
-            "| variant | K | of which competitors (off) | a rated writer's rate / a competitor's "
-            "(mean, min; 1 = equal) | seconds until the rated writers are done (mean) |"
+        print_header(
+            "variant",
+            "K",
+            "of which competitors (off)",
+            "a rated writer's rate / a competitor's (mean, min; 1 = equal)",
+            "seconds until the rated writers are done (mean)",
         )
-        print("|---|---|---|---|---|")
         for name in args.variants.split(","):
             for k, competitors in ((4, 1), (4, 2), (8, 4)):
-                runs = [
-                    simulate(
-                        VARIANTS[name],
-                        k,
-                        int(args.rate_limit * args.seconds / k),
-                        args.rate_limit,
-                        seed,
-                        backoff,
-                        serial=args.serial,
-                        competitors=competitors,
-                    )
-                    for seed in range(1, args.seeds + 1)
-                ]
+                runs = seeded_runs(name, k, competitors=competitors)
                 ratios = [r["rate_ratio"] for r in runs]
                 print(
                     f"| {name} | {k} | {competitors} | {statistics.mean(ratios):.2f}, {min(ratios):.2f} "
@@ -320,11 +325,12 @@ def main() -> None:
                 )
         return
     if args.random_throttle:
-        print(
-            "| variant | refused at random | seconds for 6,000 requests (mean, max) "
-            "| rate at the end (mean, min) |"
+        print_header(
+            "variant",
+            "refused at random",
+            "seconds for 6,000 requests (mean, max)",
+            "rate at the end (mean, min)",
         )
-        print("|---|---|---|---|")
         for name in args.variants.split(","):
             for share in (float(x) for x in args.random_throttle.split(",")):
                 runs = [
@@ -336,27 +342,18 @@ def main() -> None:
                 end = "no limit" if None in ends else f"{statistics.mean(ends):.1f}, {min(ends):.1f}"
                 print(f"| {name} | {share:g} | {statistics.mean(spans):.1f}, {max(spans):.1f} | {end} |")
         return
-    print(
-        "| variant | K | goodput (mean, min) | throttled share (mean, max) | of which in the first 2 s "
-        "(mean) | Jain (mean, min) | spread of the first rates (CV, mean) |"
+    print_header(
+        "variant",
+        "K",
+        "goodput (mean, min)",
+        "throttled share (mean, max)",
+        "of which in the first 2 s (mean)",
+        "Jain (mean, min)",
+        "spread of the first rates (CV, mean)",
     )
-    print("|---|---|---|---|---|---|---|")
     for name in args.variants.split(","):
         for k in (4, 8):
-            runs = [
-                simulate(
-                    VARIANTS[name],
-                    k,
-                    int(args.rate_limit * args.seconds / k),
-                    args.rate_limit,
-                    seed,
-                    backoff,
-                    serial=args.serial,
-                    burst_seconds=args.burst_seconds,
-                    start_spread=args.start_spread,
-                )
-                for seed in range(1, args.seeds + 1)
-            ]
+            runs = seeded_runs(name, k, burst_seconds=args.burst_seconds, start_spread=args.start_spread)
             g, t, e, j, cv = (
                 [r[key] for r in runs] for key in ("goodput", "throttled", "early", "jain", "start_cv")
             )
