@@ -61,6 +61,8 @@ class LoggerOptions:
         def checked(option: str, value: object) -> None:
             object.__setattr__(self, option, value)  # frozen: store the checked, normalized value
 
+        # First: the checks below read it as a truth value ("false" would pass for True).
+        checked("offline", v.check_bool_option("offline", self.offline))
         if self.offline and self.spool_dir is None:
             raise InvalidMetricError(
                 "offline=True needs spool_dir: offline points are only written to the spool"
@@ -105,4 +107,3 @@ class LoggerOptions:
                 raise InvalidMetricError(f"spool_dir must be a path, got {type(self.spool_dir).__name__}")
             checked("spool_interval", v.check_seconds_option("spool_interval", self.spool_interval))
             checked("max_spool_bytes", v.check_int_option("max_spool_bytes", self.max_spool_bytes, 1 << 16))
-        checked("offline", bool(self.offline))

@@ -35,3 +35,11 @@ def test_the_adaptive_rate_is_off_unless_asked_for() -> None:
 def test_adaptive_rate_must_be_a_bool(value: object) -> None:
     with pytest.raises(InvalidMetricError, match=r"adaptive_rate must be True or False, got"):
         MetricsLogger("run-1", adaptive_rate=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_offline_must_be_a_bool(value: object, tmp_path: object) -> None:
+    # offline="false" from a config file used to mean True (bool("false")): a logger that
+    # silently never sent anything.
+    with pytest.raises(InvalidMetricError, match=r"offline must be True or False, got"):
+        MetricsLogger("run-1", spool_dir=str(tmp_path), offline=value)  # type: ignore[arg-type]
