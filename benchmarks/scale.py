@@ -69,8 +69,9 @@ GOALS = {
 async def _metricsbuf_writer(endpoint: str, tc: str, n: int, go: Any, adaptive: bool) -> dict[str, Any]:
     from metricsbuf import MetricsLogger
 
-    options: dict[str, Any] = {"endpoint_url": endpoint, "region_name": REGION, "adaptive_rate": adaptive}
-    async with MetricsLogger(tc, **options) as metrics:
+    async with MetricsLogger(
+        tc, endpoint_url=endpoint, region_name=REGION, adaptive_rate=adaptive
+    ) as metrics:
         await asyncio.to_thread(go.wait)
         started = time.time()
         for step in range(n):

@@ -62,18 +62,27 @@ async def test_loggers_sharing_one_limit_get_similar_shares() -> None:
     assert all(m._sender.rate.cuts > 0 for m in loggers)  # each one did meet the limit
 
 
+async def log_against_a_limit(
+    points: int, adaptive_rate: bool = False
+) -> tuple[MetricsLogger, InMemoryMetricsClient]:
+    """One logger logs ``points`` at once against a limit of 20 requests/s (burst 20), flushes
+    and closes; returns it and the client."""
+    client = InMemoryMetricsClient(rate_limit=20, rate_limit_burst=20, parameter_validation=False)
+    async with MetricsLogger("throttled", client=client, adaptive_rate=adaptive_rate) as metrics:
+        await log_all(metrics, points)
+        await metrics.flush()
+    return metrics, client
+
+
 async def test_without_adaptive_rate_throttles_set_no_rate() -> None:
     # The default: throttled batches back off in their slots, and the logger's rate stays
     # unlimited (the rate's phase never leaves "unlimited"); with adaptive_rate=True the same
     # throttles start its ramp.
     for adaptive, phases in ((False, {"unlimited"}), (True, {"ramp", "steady"})):
-        client = InMemoryMetricsClient(rate_limit=20, rate_limit_burst=20, parameter_validation=False)
-        async with MetricsLogger("throttled", client=client, adaptive_rate=adaptive) as metrics:
-            await log_all(metrics, 300)  # 30 requests against a burst of 20
-            await metrics.flush()
-            assert client.counts["rate_limited"] > 0, client.counts
-            assert metrics._sender.rate.phase in phases, (adaptive, metrics._sender.rate.phase)
-            assert metrics.stats.delivered == 300, metrics.stats
+        metrics, client = await log_against_a_limit(300, adaptive)  # 30 requests against a burst of 20
+        assert client.counts["rate_limited"] > 0, client.counts
+        assert metrics._sender.rate.phase in phases, (adaptive, metrics._sender.rate.phase)
+        assert metrics.stats.delivered == 300, metrics.stats
 
 
 async def test_stats_count_the_throttled_requests_and_the_close_line_says_so(
@@ -81,11 +90,8 @@ async def test_stats_count_the_throttled_requests_and_the_close_line_says_so(
 ) -> None:
     # Whether the account is throttling a logger, and how much, is in its stats (the hint to
     # log less, or to turn adaptive_rate on), and in the line it logs at close.
-    client = InMemoryMetricsClient(rate_limit=20, rate_limit_burst=20, parameter_validation=False)
     with caplog.at_level(logging.INFO, logger="metricsbuf"):
-        async with MetricsLogger("throttled", client=client) as metrics:
-            await log_all(metrics, 300)
-            await metrics.flush()
+        metrics, client = await log_against_a_limit(300)
     throttled = client.counts["rate_limited"]
     assert throttled > 0 and metrics.stats.throttled == throttled, (client.counts, metrics.stats)
     assert metrics.stats.requests == client.counts["requests"], (client.counts, metrics.stats)
@@ -94,11 +100,8 @@ async def test_stats_count_the_throttled_requests_and_the_close_line_says_so(
 
 async def test_heavy_throttling_is_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
     # Nothing fails, so without a word a user would not know the account's limit is reached.
-    client = InMemoryMetricsClient(rate_limit=20, rate_limit_burst=20, parameter_validation=False)
     with caplog.at_level(logging.WARNING, logger="metricsbuf"):
-        async with MetricsLogger("throttled", client=client) as metrics:
-            await log_all(metrics, 600)
-            await metrics.flush()
+        metrics, _ = await log_against_a_limit(600)
     assert metrics.stats.throttled >= _sender.THROTTLING_WARNING_AFTER, metrics.stats
     warnings = [r.getMessage() for r in caplog.records if "were throttled" in r.getMessage()]
     assert len(warnings) == 1, warnings
