@@ -9,7 +9,11 @@ Contenders, run in the same invocation, one after the other against a fresh serv
   at its default (the adaptive rate is off by default); the writer logs its points
   (``await log``), then ``await flush()``.
 - ``metricsbuf_adaptive``: the same with ``adaptive_rate=True``: the experimental adaptive send
-  rate (_rate.py).
+  rate (_rate.py), shared by the writers as by the loggers of one host (the default
+  ``rate_scope="host"``, _host_rate.py: the writer processes run on one machine, like the ranks
+  of a job on one instance).
+- ``metricsbuf_adaptive_logger``: ``adaptive_rate=True, rate_scope="logger"``: each writer learns
+  its share on its own, as loggers on different hosts do.
 - ``botocore_adaptive``: hand-batched aiobotocore, batches of 10 points, 4 concurrent requests
   (metricsbuf's default ``max_in_flight``), client made with
   ``AioConfig(retries={"mode": "adaptive"}, parameter_validation=False)``; a request whose
@@ -37,8 +41,10 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -56,6 +62,12 @@ ENV = {
     "AWS_CONFIG_FILE": os.devnull,
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
 }
+# The MetricsLogger options of each metricsbuf contender (the others at their defaults).
+METRICSBUF_OPTIONS: dict[str, dict[str, Any]] = {
+    "metricsbuf": {},
+    "metricsbuf_adaptive": {"adaptive_rate": True},
+    "metricsbuf_adaptive_logger": {"adaptive_rate": True, "rate_scope": "logger"},
+}
 GOALS = {
     "goodput": 0.95,
     "throttled_share": 0.05,
@@ -66,12 +78,15 @@ GOALS = {
 # ---- the writers (each in its own process) ---------------------------------------------------
 
 
-async def _metricsbuf_writer(endpoint: str, tc: str, n: int, go: Any, adaptive: bool) -> dict[str, Any]:
-    from metricsbuf import MetricsLogger
+async def _metricsbuf_writer(
+    endpoint: str, tc: str, n: int, go: Any, options: dict[str, Any], rate_directory: str
+) -> dict[str, Any]:
+    from metricsbuf import MetricsLogger, _host_rate
 
-    async with MetricsLogger(
-        tc, endpoint_url=endpoint, region_name=REGION, adaptive_rate=adaptive
-    ) as metrics:
+    # A directory of this run's own for the shared rate's state, as a new job finds no state
+    # from the run before (one left by another job is started afresh after a minute of quiet).
+    _host_rate.STATE_DIRECTORY = rate_directory
+    async with MetricsLogger(tc, endpoint_url=endpoint, region_name=REGION, **options) as metrics:
         await asyncio.to_thread(go.wait)
         started = time.time()
         for step in range(n):
@@ -129,7 +144,9 @@ async def _botocore_writer(endpoint: str, tc: str, n: int, go: Any) -> dict[str,
     return {"started": started, "ended": ended, "logged": n, "failed": failed, "calls": requests}
 
 
-def _writer_main(contender: str, endpoint: str, tc: str, n: int, go: Any, ready: Any, out: Any) -> None:
+def _writer_main(
+    contender: str, endpoint: str, tc: str, n: int, go: Any, ready: Any, out: Any, rate_directory: str
+) -> None:
     os.environ.update(ENV)
     try:
 
@@ -137,7 +154,8 @@ def _writer_main(contender: str, endpoint: str, tc: str, n: int, go: Any, ready:
             ready.release()
             if contender == "botocore_adaptive":
                 return await _botocore_writer(endpoint, tc, n, go)
-            return await _metricsbuf_writer(endpoint, tc, n, go, contender == "metricsbuf_adaptive")
+            options = METRICSBUF_OPTIONS[contender]
+            return await _metricsbuf_writer(endpoint, tc, n, go, options, rate_directory)
 
         out.put((tc, asyncio.run(main())))
     except BaseException as exc:  # noqa: BLE001
@@ -154,6 +172,7 @@ def jain(rates: list[float]) -> float:
 def run_one(contender: str, writers: int, points: int, rate_limit: float, timeout: float) -> dict[str, Any]:
     burst = max(1, int(rate_limit))  # the service's default: one second's worth
     ctx = mp.get_context("spawn")
+    rate_directory = tempfile.mkdtemp(prefix="scale-rate-")
     with FakeMetricsServiceProcess(rate_limit=rate_limit, rate_limit_burst=burst) as service:
         go = ctx.Event()
         ready = ctx.Semaphore(0)
@@ -161,7 +180,7 @@ def run_one(contender: str, writers: int, points: int, rate_limit: float, timeou
         procs = [
             ctx.Process(
                 target=_writer_main,
-                args=(contender, service.endpoint_url, f"writer-{i}", points, go, ready, out),
+                args=(contender, service.endpoint_url, f"writer-{i}", points, go, ready, out, rate_directory),
             )
             for i in range(writers)
         ]
@@ -186,6 +205,7 @@ def run_one(contender: str, writers: int, points: int, rate_limit: float, timeou
                 proc.kill()
                 proc.join()
         state = service.state()
+    shutil.rmtree(rate_directory, ignore_errors=True)
     errors = {tc: r["error"] for tc, r in results.items() if "error" in r}
     stored = Counter(p.trial_component for p in state.points)
     distinct = Counter(
@@ -247,8 +267,7 @@ def run_in_process(contender: str, writers: int, points: int, rate_limit: float)
 
         async def writer(tc: str) -> None:
             nonlocal failed
-            adaptive = contender == "metricsbuf_adaptive"
-            async with MetricsLogger(tc, client=client, adaptive_rate=adaptive) as metrics:
+            async with MetricsLogger(tc, client=client, **METRICSBUF_OPTIONS[contender]) as metrics:
                 started = time.time()
                 for step in range(points):
                     await metrics.log("loss", float(step), step=step)
@@ -333,8 +352,10 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "Goodput = distinct points stored / capacity. Throttled share = requests refused by the "
         "limit / all requests. Jain's index over the writers' rates (points stored / own duration). "
         "metricsbuf runs with default options (logs, then `flush()`; the adaptive rate is off by "
-        "default); metricsbuf_adaptive is the same with `adaptive_rate=True` (experimental); "
-        "botocore_adaptive is "
+        "default); metricsbuf_adaptive is the same with `adaptive_rate=True` (experimental), "
+        'which the writers share as the loggers of one host do (the default `rate_scope="host"`); '
+        'metricsbuf_adaptive_logger has `rate_scope="logger"`: each writer learns its share on its '
+        "own, as loggers on different hosts do; botocore_adaptive is "
         'hand-batched aiobotocore with `retries={"mode": "adaptive"}` and 4 concurrent requests.',
         "",
         "| K | points each | R (req/s) | contender | T (s) | goodput | throttled share | requests | "
@@ -369,7 +390,7 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 f"{m['lost']} | {m['failed']} | {m['jain']:.3f} | {', '.join(map(str, m['writer_rates']))} |"
             )
     chart = Path(args.out).with_suffix(".png").name
-    lines += ["", "## Goals (metricsbuf, both modes)", "", f"Chart of the table above: {chart}.", ""]
+    lines += ["", "## Goals (the metricsbuf contenders)", "", f"Chart of the table above: {chart}.", ""]
     for m in runs:
         if not m["contender"].startswith("metricsbuf") or m.get("mode") == "in-process":
             continue
@@ -392,7 +413,12 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-CONTENDER_COLORS = {"metricsbuf": "#7f7f7f", "metricsbuf_adaptive": "#1f77b4", "botocore_adaptive": "#ff7f0e"}
+CONTENDER_COLORS = {
+    "metricsbuf": "#7f7f7f",
+    "metricsbuf_adaptive": "#1f77b4",
+    "metricsbuf_adaptive_logger": "#17becf",
+    "botocore_adaptive": "#ff7f0e",
+}
 
 
 def write_chart(runs: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -501,7 +527,9 @@ def main() -> None:
     parser.add_argument("--rate-limit", type=float, default=40.0, help="shared requests/s (default 40)")
     parser.add_argument("--seconds", type=float, default=25.0, help="target run length at the limit")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--contenders", default="metricsbuf,metricsbuf_adaptive,botocore_adaptive")
+    parser.add_argument(
+        "--contenders", default="metricsbuf,metricsbuf_adaptive,metricsbuf_adaptive_logger,botocore_adaptive"
+    )
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--arithmetic", action="store_true", help="print the scale study's arithmetic")
     parser.add_argument("--hosts", type=int, default=64)
@@ -542,7 +570,9 @@ def main() -> None:
                 runs.append(m)
                 print(json.dumps(m), flush=True)
             if not args.no_in_process:
-                for contender in ("metricsbuf", "metricsbuf_adaptive"):
+                # The in-memory client has no endpoint to share a host's rate for: each logger
+                # has a rate of its own here, as with rate_scope "logger".
+                for contender in ("metricsbuf", "metricsbuf_adaptive_logger"):
                     m = run_in_process(contender, k, points, args.rate_limit)
                     m["repeat"] = repeat
                     runs.append(m)

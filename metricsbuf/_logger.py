@@ -45,7 +45,7 @@ from ._context import RunContext, loop_thread_marker, running_asyncio_loop
 from ._exceptions import LoggerClosedError, MetricsBufError
 from ._flusher import Flusher
 from ._models import FailedMetric, MetricsStats
-from ._options import LoggerOptions, NonFinite, OnFull
+from ._options import LoggerOptions, NonFinite, OnFull, RateScope
 from ._parts import Parts
 from ._reporting import FailureCallback, log
 from ._sagemaker_job import find_trial_component
@@ -120,6 +120,10 @@ class MetricsLogger:
             "Many writers against one account's limit"). Use it when the writers sharing the
             account's limit all use it; beside clients that do not back off it yields nearly
             everything to them. ``False`` (the default): only the throttled batches back off.
+        rate_scope: with ``adaptive_rate``, who shares one rate. ``"host"`` (the default): every
+            logger of this machine and user that sends to the same endpoint and region (the
+            ranks of a job on one host; through a small file in the temporary directory, and
+            per logger where that cannot be used). ``"logger"``: each logger its own.
 
         spool_dir: a folder for the on-disk spool (see README, "Durability"): every point is
             written there before it is sent, and what is not delivered stays there.
@@ -151,6 +155,7 @@ class MetricsLogger:
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
         adaptive_rate: bool = False,
+        rate_scope: RateScope = "host",
         spool_dir: str | os.PathLike[str] | None = None,
         spool_interval: float = 0.2,
         max_spool_bytes: int = 1 << 30,
@@ -240,6 +245,9 @@ class MetricsLogger:
                 await self._spool.open()  # a previous run's leftovers count as logged, and go first
                 self._stack.push_async_callback(self._spool.close)
             self._sender.client = await client_for(self._options, self._stack, self._pacer)
+            shared_rate = self._sender.share_rate_on_host()
+            if shared_rate is not None:
+                self._stack.callback(shared_rate.close)
         except BaseException:
             self._state = _State.CLOSED
             await self._close_resources()  # the spool lock and the client, even if cancelled again

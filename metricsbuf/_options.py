@@ -19,8 +19,10 @@ from ._reporting import FailureCallback
 
 OnFull = Literal["block", "drop_newest", "drop_oldest", "raise"]
 NonFinite = Literal["drop", "raise"]
+RateScope = Literal["host", "logger"]
 ON_FULL_POLICIES: tuple[str, ...] = get_args(OnFull)
 NON_FINITE_POLICIES: tuple[str, ...] = get_args(NonFinite)
+RATE_SCOPES: tuple[str, ...] = get_args(RateScope)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class LoggerOptions:
     backoff_initial: float
     backoff_max: float
     adaptive_rate: bool
+    rate_scope: RateScope
     spool_dir: str | os.PathLike[str] | None
     spool_interval: float
     max_spool_bytes: int
@@ -102,6 +105,7 @@ class LoggerOptions:
                 f"backoff_initial ({self.backoff_initial:g})"
             )
         checked("adaptive_rate", v.check_bool_option("adaptive_rate", self.adaptive_rate))
+        checked("rate_scope", v.check_choice_option("rate_scope", self.rate_scope, RATE_SCOPES))
         if self.spool_dir is not None:
             if not isinstance(self.spool_dir, (str, os.PathLike)):
                 raise InvalidMetricError(f"spool_dir must be a path, got {type(self.spool_dir).__name__}")

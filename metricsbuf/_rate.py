@@ -129,6 +129,7 @@ class AdaptiveRate:
         "_successes",
         "cuts",
         "throttles_seen",
+        "senders",
     )
 
     def __init__(
@@ -151,6 +152,10 @@ class AdaptiveRate:
         self._successes = 0  # steady state: successes since the last cut
         self.cuts = 0
         self.throttles_seen = 0
+        # How many loggers send through this rate (1; more when loggers of one host share it,
+        # _host_rate.py): the ramp starts at RAMP_START for each, so that a host's shared rate
+        # ramps as its loggers would have ramped apart, in step with the other hosts' loggers.
+        self.senders = 1
 
     def delay(self) -> float:
         """Books the next send and returns how long to wait before it (0: go now)."""
@@ -216,7 +221,7 @@ class AdaptiveRate:
     def _start_ramp(self, now: float) -> None:
         self.phase = _RAMP
         self._ramp_start = now
-        self._ramp_from = start = max(RAMP_START, self.min_rate)
+        self._ramp_from = start = max(RAMP_START * self.senders, self.min_rate)
         self.rate = start
         self._next_send = now + 1.0 / start  # the first request of the ramp waits one interval
         self._last_cut = now

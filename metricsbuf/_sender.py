@@ -40,6 +40,7 @@ from tenacity.wait import wait_exponential_jitter
 from ._accumulator import Accumulator, Batch
 from ._buffer import LOGGED_AT, NAME, STEP, TIMESTAMP, VALUE, Point
 from ._client import MetricsClient
+from ._host_rate import HostSharedRate, open_host_rate
 from ._ledger import Ledger, by_attempts
 from ._models import DELIVERY_TIMEOUT
 from ._options import LoggerOptions
@@ -81,7 +82,10 @@ class Sender:
         self._backoff = wait_exponential_jitter(
             multiplier=options.backoff_initial, max=options.backoff_max, jitter=options.backoff_initial
         )
-        self.rate = AdaptiveRate()  # every request takes its turn here (see _rate.py)
+        # Every request takes its turn here (see _rate.py); with rate_scope "host", once the
+        # client is known, the rate the host's loggers share (`share_rate_on_host`).
+        self.rate: AdaptiveRate | HostSharedRate = AdaptiveRate()
+        self._rate_scope = options.rate_scope
         # Whether throttles set the rate (the ``adaptive_rate`` option). Off by default: it
         # cannot tell random throttling, or a limit shared with clients that do not back off,
         # from its own share of a limit (benchmarks/SCALE.md); then it collapses or yields.
@@ -90,6 +94,18 @@ class Sender:
         self._quota = RetryQuota()  # per-index resends without backoff, while it lasts
         # A resend without backoff waits at most this long for a batch to ride in.
         accumulator.lane_hold = options.backoff_initial
+
+    def share_rate_on_host(self) -> HostSharedRate | None:
+        """With the adaptive rate on and rate_scope "host", switches to the rate this host's
+        loggers for the client's endpoint share (_host_rate.py), and returns it for the caller
+        to close; None (a rate of this logger's own) otherwise. Called once the client is set,
+        before anything is sent."""
+        if not (self.adaptive_rate and self._rate_scope == "host"):
+            return None
+        shared = open_host_rate(self.client)
+        if shared is not None:
+            self.rate = shared
+        return shared
 
     def start(self, task_group: anyio.abc.TaskGroup, no_more_points: Callable[[], bool]) -> None:
         """Starts the ``max_in_flight`` slots in ``task_group``; they return once closing drains them.

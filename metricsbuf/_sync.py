@@ -62,7 +62,7 @@ from ._client import MetricsClient
 from ._exceptions import BufferFullError, InvalidMetricError, LoggerClosedError, MetricsBufError
 from ._logger import _CANCEL_GRACE, MetricsLogger
 from ._models import FailedMetric, MetricsStats
-from ._options import NonFinite, OnFull
+from ._options import NonFinite, OnFull, RateScope
 from ._reporting import FailureCallback, log
 from ._sync_exit import live_sync_loggers, register_exit_hook, track, untrack
 from ._sync_handoff import Admission, HandOff
@@ -117,6 +117,7 @@ class SyncMetricsLogger:
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
         adaptive_rate: bool = False,
+        rate_scope: RateScope = "host",
         spool_dir: str | os.PathLike[str] | None = None,
         spool_interval: float = 0.2,
         max_spool_bytes: int = 1 << 30,
@@ -141,6 +142,7 @@ class SyncMetricsLogger:
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
             adaptive_rate=adaptive_rate,
+            rate_scope=rate_scope,
             spool_dir=spool_dir,
             spool_interval=spool_interval,
             max_spool_bytes=max_spool_bytes,

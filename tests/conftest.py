@@ -57,6 +57,17 @@ class FakeClient:
         return sum(len(r) for r in self.requests)
 
 
+@pytest.fixture(autouse=True)
+def host_rate_directory(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Each test's loggers share their adaptive rate (rate_scope "host") through a directory of
+    the test's own, not the machine's temporary directory (a state outlives its loggers)."""
+    from metricsbuf import _host_rate
+
+    directory = tmp_path_factory.mktemp("host-rate")
+    monkeypatch.setattr(_host_rate, "STATE_DIRECTORY", str(directory))
+    return directory
+
+
 @pytest.fixture
 def client() -> FakeClient:
     return FakeClient()

@@ -39,6 +39,7 @@ def options(client: Any, **overrides: Any) -> LoggerOptions:
         "backoff_initial": 0.01,
         "backoff_max": 0.02,
         "adaptive_rate": False,
+        "rate_scope": "host",
         "spool_dir": None,
         "spool_interval": 0.2,
         "max_spool_bytes": 1 << 20,
