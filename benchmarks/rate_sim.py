@@ -19,6 +19,10 @@ CUBIC regrowth) and the other variants tried while looking for one that meets is
     python benchmarks/rate_sim.py --random-throttle 0.05,0.1 [--variants ...]
     python benchmarks/rate_sim.py --competitors [--variants current,off]
 
+``--host-size N`` puts the writers in hosts of N that share one rate, as the loggers of a host do
+with ``rate_scope="host"`` (_host_rate.py; 1, the default: each writer its own), and ``--writers``
+sets the K values of the main table (default 4,8): ``--writers 64 --host-size 8`` is 8 hosts of 8.
+
 ``--burst-seconds`` sets the bucket's depth in seconds of its rate: the current design's solve
 assumes 1 (``BUCKET_SECONDS``, the fake service's default), so other depths show how much it
 depends on that assumption.
@@ -100,6 +104,7 @@ def simulate(
     burst_seconds: float = 1.0,
     start_spread: float = 0.05,
     competitors: int = 0,
+    host_size: int = 1,
 ) -> dict[str, Any]:
     """K writers of n requests each against TokenBucket(limit, limit); with ``random_throttle``
     > 0 there is no limit, and that share of requests is refused at random instead. With
@@ -121,7 +126,13 @@ def simulate(
 
     # limit / k: only the oracle variant reads it. The last ``competitors`` writers send with
     # no rate at all (the sender's default, or any client that only backs off per request).
-    rates = [make(clock, limit / k) for _ in range(k - competitors)]
+    # With ``host_size`` > 1 the rated writers are in hosts of that many, each host's writers
+    # sharing one rate (rate_scope "host", _host_rate.py), whose ramp starts for all of them.
+    hosts = [make(clock, limit / k * host_size) for _ in range(-(-(k - competitors) // host_size))]
+    for host in hosts:
+        if hasattr(host, "senders"):
+            host.senders = host_size
+    rates = [hosts[w // host_size] for w in range(k - competitors)]
     rates += [Off(clock) for _ in range(competitors)]
     first_rates: list[float] = []  # each writer's rate right after its first throttle
     # Competitors never run out of work: the run ends when the rated writers are done.
@@ -262,6 +273,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--rate-limit", type=float, default=40.0)
+    parser.add_argument("--writers", default="4,8", help="comma-separated K values (the main table)")
+    parser.add_argument(
+        "--host-size",
+        type=int,
+        default=1,
+        help="writers per host sharing one rate (rate_scope 'host'; 1: each writer its own)",
+    )
     parser.add_argument("--seconds", type=float, default=25.0, help="run length at the limit")
     parser.add_argument(
         "--burst-seconds",
@@ -303,7 +321,17 @@ def main() -> None:
         """One run per seed: K writers with about ``--seconds`` of work at the limit between them."""
         points = int(args.rate_limit * args.seconds / k)
         return [
-            simulate(VARIANTS[name], k, points, args.rate_limit, seed, backoff, serial=args.serial, **options)
+            simulate(
+                VARIANTS[name],
+                k,
+                points,
+                args.rate_limit,
+                seed,
+                backoff,
+                serial=args.serial,
+                host_size=args.host_size,
+                **options,
+            )
             for seed in range(1, args.seeds + 1)
         ]
 
@@ -352,7 +380,7 @@ def main() -> None:
         "spread of the first rates (CV, mean)",
     )
     for name in args.variants.split(","):
-        for k in (4, 8):
+        for k in (int(x) for x in args.writers.split(",")):
             runs = seeded_runs(name, k, burst_seconds=args.burst_seconds, start_spread=args.start_spread)
             g, t, e, j, cv = (
                 [r[key] for r in runs] for key in ("goodput", "throttled", "early", "jain", "start_cv")

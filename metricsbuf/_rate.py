@@ -35,8 +35,10 @@ design puts the writers on an equal footing once, at the start, and then moves i
 The rate never falls below ``min_rate`` (a throttled logger keeps probing) and returns to
 unlimited once it has grown past ``MAX_RATE``. Every request of the logger, first sends and
 retries of throttled requests alike, takes its turn here: a logger's rate is shared by all of
-its ``max_in_flight`` slots. Pure logic plus one async wait; the clock and the jitter's random
-source are injectable for tests.
+its ``max_in_flight`` slots, and with ``rate_scope="host"`` every logger of the host that sends
+to the same endpoint shares one (_host_rate.py keeps this object's state in a file; the ramp then
+starts at ``RAMP_START`` for each of the host's sending loggers, ``senders``). Pure logic plus one
+async wait; the clock and the jitter's random source are injectable for tests.
 """
 
 from __future__ import annotations
