@@ -9,7 +9,8 @@ take minutes of small steps to find the capacity it freed; a shared rate hands t
 whoever sends next.
 
 How: the rate's state lives in a small file in the temporary directory, named after the user,
-the endpoint and the region (loggers of one host and user sending to the same service share it).
+the host, the endpoint and the region: the loggers of one user that see the same temporary
+directory (one machine, or one container) and send to the same service share it.
 Every call locks the file (``flock``), loads the state into this logger's `AdaptiveRate`, runs
 the usual logic and writes the state back: about 10 us, two or three times per request, and only
 with the adaptive rate on. Processes of one host read the same ``CLOCK_MONOTONIC``, so the times
@@ -32,6 +33,7 @@ import logging
 import math
 import os
 import random
+import socket
 import stat
 import struct
 import tempfile
@@ -53,6 +55,12 @@ STALE_AFTER = 60.0  # seconds without any logger touching the state: start afres
 ACTIVE_WINDOW = 2.0  # seconds: a member stamped this recently counts as sending
 MAX_MEMBERS = 64  # member entries kept; beyond that the oldest entry is reused
 STAMP_EVERY = 0.5  # seconds: how often a logger that sends stamps its member entry
+# Seconds a call waits for the lock, which is held for microseconds unless its holder was
+# descheduled or stopped (SIGSTOP, a debugger) inside: then the call goes on without it, and so
+# do this logger's calls for the next LOCK_RETRY_AFTER seconds (see `_shared`), so that a holder
+# stopped for good costs this logger's event loop at most 2% of its time.
+LOCK_PATIENCE = 0.02
+LOCK_RETRY_AFTER = 1.0
 STATE_DIRECTORY: str | None = None  # where the state files go; None: the temporary directory
 
 _MAGIC = b"mbrate01"  # a new layout gets a new magic (and the old state is started afresh)
@@ -67,8 +75,13 @@ _MEMBERS = struct.Struct("<" + "Qd" * MAX_MEMBERS)  # the member entries, after 
 
 
 def state_path(endpoint_url: str, region_name: str | None, directory: str | None = None) -> str:
-    """The state file of the loggers of this user that send to ``endpoint_url`` in ``region_name``."""
-    digest = hashlib.sha256(f"{endpoint_url}|{region_name}".encode()).hexdigest()[:16]
+    """The state file of the loggers of this user that send to ``endpoint_url`` in ``region_name``.
+
+    The host's name is part of it: a temporary directory shared by several hosts (on a network
+    file system) must not share a state whose times are one host's monotonic clock.
+    """
+    key = f"{socket.gethostname()}|{endpoint_url}|{region_name}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     directory = directory or STATE_DIRECTORY or tempfile.gettempdir()
     return os.path.join(directory, f"metricsbuf-rate-{os.getuid()}-{digest}")
 
@@ -119,6 +132,8 @@ class HostSharedRate:
         self._fd = -1
         self._pid = -1
         self.cuts = 0
+        self.unshared_calls = 0  # calls that went on without the lock (LOCK_PATIENCE)
+        self._unshared_until = -math.inf  # (time.monotonic) no lock tried before then
         self._open()
 
     def _open(self) -> None:
@@ -191,7 +206,14 @@ class HostSharedRate:
             os.close(self._fd)
             self._open()
             self._stamped = -math.inf
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        if not self._lock():
+            # Another process holds the lock far longer than it ever needs: it was stopped
+            # inside. Waiting would stall this event loop (the training loop, in asyncio code)
+            # as long as it stays stopped; go on with this logger's last view of the state,
+            # written nowhere.
+            self.unshared_calls += 1
+            yield self._logic
+            return
         try:
             now = self._clock()
             self._load(os.pread(self._fd, _STATE.size, 0), now)
@@ -201,6 +223,24 @@ class HostSharedRate:
             os.pwrite(self._fd, self._dump(now), 0)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _lock(self) -> bool:
+        """Takes the file's lock, waiting at most LOCK_PATIENCE; whether it got it."""
+        if time.monotonic() < self._unshared_until:
+            return False
+        deadline = None
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + LOCK_PATIENCE
+                elif now >= deadline:
+                    self._unshared_until = now + LOCK_RETRY_AFTER
+                    return False
+                time.sleep(0.0001)
 
     def _load(self, data: bytes, now: float) -> None:
         values: tuple[float | int, ...] = self._initial
