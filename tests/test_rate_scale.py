@@ -39,7 +39,10 @@ async def test_loggers_sharing_one_limit_get_similar_shares() -> None:
     # Three backlogged loggers (adaptive rate on) share one limit of 30 requests/s. Each logs its
     # points at once and flushes; its rate is points stored / its own time.
     client = InMemoryMetricsClient(rate_limit=30, rate_limit_burst=30, parameter_validation=False)
-    loggers = [MetricsLogger(f"writer-{i}", client=client, adaptive_rate=True) for i in range(3)]
+    # Each with a rate of its own, as loggers on different hosts (test_host_rate.py: shared).
+    loggers = [
+        MetricsLogger(f"writer-{i}", client=client, adaptive_rate=True, rate_scope="logger") for i in range(3)
+    ]
     finished: list[float] = []
     started = time.monotonic()
 
