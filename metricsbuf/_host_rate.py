@@ -12,7 +12,7 @@ How: the rate's state lives in a small file in the temporary directory, named af
 the host, the endpoint and the region: the loggers of one user that see the same temporary
 directory (one machine, or one container) and send to the same service share it.
 Every call locks the file (``flock``), loads the state into this logger's `AdaptiveRate`, runs
-the usual logic and writes the state back: about 10 us, two or three times per request, and only
+the usual logic and writes the state back: about 15 us, two or three times per request, and only
 with the adaptive rate on. Processes of one host read the same ``CLOCK_MONOTONIC``, so the times
 kept in the file mean the same in each. Each logger keeps a member entry there, stamped every
 ``STAMP_EVERY`` seconds while it sends; the number stamped in the last ``ACTIVE_WINDOW`` s is how many
@@ -65,11 +65,10 @@ STATE_DIRECTORY: str | None = None  # where the state files go; None: the tempor
 
 _MAGIC = b"mbrate01"  # a new layout gets a new magic (and the old state is started afresh)
 _PHASES = ("unlimited", "ramp", "steady")
-# The AdaptiveRate fields kept in the file, floats then ints (None is kept as NaN).
-_FLOATS = ("rate", "share", "_next_send", "_last_cut", "_ramp_start", "_ramp_from", "_base")
-_INTS = ("_successes", "cuts", "throttles_seen")
-# magic; the floats; when the state was last touched; the phase; the ints.
-_STATE = struct.Struct(f"<8s{len(_FLOATS)}dd q{len(_INTS)}q")
+# The AdaptiveRate state kept in the file (`_load`, `_dump`): the magic; rate, share (None as
+# NaN), next send, last cut, ramp start, ramp's starting rate, base rate, and when the state was
+# last touched; the phase, successes since the last cut, cuts, throttles seen.
+_STATE = struct.Struct("<8s8d4q")
 _MEMBER = struct.Struct("<Qd")  # a member's id, when it was last stamped
 _MEMBERS = struct.Struct("<" + "Qd" * MAX_MEMBERS)  # the member entries, after the state
 
@@ -126,7 +125,6 @@ class HostSharedRate:
         self.path = path
         self._clock = clock
         self._logic = AdaptiveRate(clock=clock, rng=rng)
-        self._initial = self._fields(self._logic)  # what a fresh state starts from
         self._member = random.getrandbits(63) + 1  # 0 marks an unused entry
         self._stamped = -math.inf  # when this logger last stamped its member entry
         self._fd = -1
@@ -197,7 +195,7 @@ class HostSharedRate:
     @contextlib.contextmanager
     def _shared(self) -> Iterator[AdaptiveRate]:
         """The shared state, loaded into this logger's AdaptiveRate under the file's lock, and
-        written back after the block. About 10 us: once or twice per request."""
+        written back after the block. About 15 us; two or three times per request."""
         if self._fd < 0:
             raise ValueError("the shared rate is closed")
         if os.getpid() != self._pid:
@@ -243,22 +241,41 @@ class HostSharedRate:
                 time.sleep(0.0001)
 
     def _load(self, data: bytes, now: float) -> None:
-        values: tuple[float | int, ...] = self._initial
-        if len(data) == _STATE.size and data.startswith(_MAGIC):
-            _, *fields = _STATE.unpack(data)
-            touched, phase = fields[len(_FLOATS)], fields[len(_FLOATS) + 1]
+        logic = self._logic
+        if len(data) == _STATE.size and data[:8] == _MAGIC:
+            (_, rate, share, next_send, last_cut, ramp_start, ramp_from, base, touched, phase,
+             successes, cuts, throttles_seen) = _STATE.unpack(data)  # fmt: skip
             # Untouched for long, or touched "in the future" (before a reboot restarted the
             # monotonic clock): another job's state, so start afresh.
             if now - STALE_AFTER <= touched <= now + 1.0 and 0 <= phase < len(_PHASES):
-                values = (*fields[: len(_FLOATS)], *fields[len(_FLOATS) + 1 :])
-        if values is self._initial:  # afresh: the member entries go too
-            os.ftruncate(self._fd, 0)
-            self._stamped = -math.inf
-        self._set_fields(self._logic, values)
+                logic.rate = None if math.isnan(rate) else rate
+                logic.share = None if math.isnan(share) else share
+                logic.phase = _PHASES[phase]
+                logic._next_send, logic._last_cut = next_send, last_cut
+                logic._ramp_start, logic._ramp_from, logic._base = ramp_start, ramp_from, base
+                logic._successes, logic.cuts, logic.throttles_seen = successes, cuts, throttles_seen
+                return
+        logic.reset()  # afresh: the member entries go too
+        os.ftruncate(self._fd, 0)
+        self._stamped = -math.inf
 
     def _dump(self, now: float) -> bytes:
-        fields = self._fields(self._logic)
-        return _STATE.pack(_MAGIC, *fields[: len(_FLOATS)], now, *fields[len(_FLOATS) :])
+        logic = self._logic
+        return _STATE.pack(
+            _MAGIC,
+            math.nan if logic.rate is None else logic.rate,
+            math.nan if logic.share is None else logic.share,
+            logic._next_send,
+            logic._last_cut,
+            logic._ramp_start,
+            logic._ramp_from,
+            logic._base,
+            now,
+            _PHASES.index(logic.phase),
+            logic._successes,
+            logic.cuts,
+            logic.throttles_seen,
+        )
 
     def _members(self) -> list[tuple[int, float]]:
         # The file grows as entries are first written: what is not there yet is free (zeros).
@@ -277,18 +294,3 @@ class HostSharedRate:
 
     def _count_senders(self, now: float) -> int:
         return max(1, sum(1 for member, at in self._members() if member and at >= now - ACTIVE_WINDOW))
-
-    @staticmethod
-    def _fields(logic: AdaptiveRate) -> tuple[float | int, ...]:
-        """The shared fields in the file's order: the floats (None as NaN), the phase, the ints."""
-        floats = tuple(math.nan if getattr(logic, f) is None else float(getattr(logic, f)) for f in _FLOATS)
-        return (*floats, _PHASES.index(logic.phase), *(int(getattr(logic, f)) for f in _INTS))
-
-    @staticmethod
-    def _set_fields(logic: AdaptiveRate, values: tuple[float | int, ...]) -> None:
-        floats, phase, ints = values[: len(_FLOATS)], values[len(_FLOATS)], values[len(_FLOATS) + 1 :]
-        for name, value in zip(_FLOATS, floats, strict=True):
-            setattr(logic, name, None if name in ("rate", "share") and math.isnan(value) else float(value))
-        logic.phase = _PHASES[int(phase)]
-        for name, value in zip(_INTS, ints, strict=True):
-            setattr(logic, name, int(value))

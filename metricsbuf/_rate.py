@@ -140,12 +140,20 @@ class AdaptiveRate:
         min_rate: float = MIN_RATE,
         rng: random.Random | None = None,
     ) -> None:
-        self.rate: float | None = None  # requests/s; None: no limit (never throttled yet)
         self.min_rate = min_rate
-        self.share: float | None = None  # the share solved at the end of the last ramp
-        self.phase = _UNLIMITED
         self._clock = clock
         self._random = rng or random.Random()
+        # How many loggers send through this rate (1; more when loggers of one host share it,
+        # _host_rate.py): the ramp starts at RAMP_START for each, so that a host's shared rate
+        # ramps as its loggers would have ramped apart, in step with the other hosts' loggers.
+        self.senders = 1
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the start: unlimited, never throttled (the state _host_rate.py shares)."""
+        self.rate: float | None = None  # requests/s; None: no limit (never throttled yet)
+        self.share: float | None = None  # the share solved at the end of the last ramp
+        self.phase = _UNLIMITED
         self._next_send = 0.0  # the earliest time the next request may go (when limited)
         self._last_cut = -math.inf  # when the rate was last set by a throttle
         self._ramp_start = 0.0  # when the current ramp started
@@ -154,10 +162,6 @@ class AdaptiveRate:
         self._successes = 0  # steady state: successes since the last cut
         self.cuts = 0
         self.throttles_seen = 0
-        # How many loggers send through this rate (1; more when loggers of one host share it,
-        # _host_rate.py): the ramp starts at RAMP_START for each, so that a host's shared rate
-        # ramps as its loggers would have ramped apart, in step with the other hosts' loggers.
-        self.senders = 1
 
     def delay(self) -> float:
         """Books the next send and returns how long to wait before it (0: go now)."""
