@@ -125,7 +125,8 @@ class HostSharedRate:
         self.path = path
         self._clock = clock
         self._logic = AdaptiveRate(clock=clock, rng=rng)
-        self._member = random.getrandbits(63) + 1  # 0 marks an unused entry
+        # From os.urandom: unique among the host's loggers whatever seeded `random` (tests do).
+        self._member = int.from_bytes(os.urandom(8), "little") | 1  # 0 marks an unused entry
         self._stamped = -math.inf  # when this logger last stamped its member entry
         self._fd = -1
         self._pid = -1
@@ -197,7 +198,10 @@ class HostSharedRate:
         """The shared state, loaded into this logger's AdaptiveRate under the file's lock, and
         written back after the block. About 15 us; two or three times per request."""
         if self._fd < 0:
-            raise ValueError("the shared rate is closed")
+            # Closed with its logger; an answer may still arrive (from a client thread that
+            # outlived a cancelled close): go on from the last view of the state.
+            yield self._logic
+            return
         if os.getpid() != self._pid:
             # A forked child shares the parent's open file, and with it the parent's flock:
             # the lock would not keep them apart. (Closing it here leaves the parent's alone.)
@@ -293,4 +297,6 @@ class HostSharedRate:
         self._stamped = now
 
     def _count_senders(self, now: float) -> int:
+        if self._fd < 0:
+            return 1
         return max(1, sum(1 for member, at in self._members() if member and at >= now - ACTIVE_WINDOW))

@@ -273,3 +273,20 @@ def test_a_logger_does_not_wait_long_for_a_lock_that_another_process_keeps(
     monkeypatch.setattr(rate, "_unshared_until", 0.0)  # LOCK_RETRY_AFTER has passed
     rate.delay()  # the lock is free again: shared as before
     assert Path(path).read_bytes() != before
+
+
+def test_a_closed_shared_rate_goes_on_as_a_rate_of_the_loggers_own(path: str) -> None:
+    # An answer that arrives after its logger closed (a client thread that outlived a cancelled
+    # close) must not raise in the sender: the rate goes on from its last view of the state.
+    clock = Clock()
+    rate = shared(path, clock)
+    rate.throttled(clock.now - 0.001)
+    ramp = rate.rate
+    rate.close()
+    before = Path(path).read_bytes()
+    clock.now += 1.0
+    rate.succeeded(clock.now - 0.01)
+    rate.throttled(clock.now - 0.01)  # the ramp's solve: steady state, on this logger alone
+    assert rate.rate is not None and rate.rate != ramp
+    assert rate.delay() >= 0.0
+    assert Path(path).read_bytes() == before
