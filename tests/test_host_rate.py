@@ -24,7 +24,7 @@ from conftest import assert_accounted
 from metricsbuf import InvalidMetricError, MetricsLogger, _host_rate, _rate
 from metricsbuf._host_rate import HostSharedRate, open_host_rate, state_path
 from metricsbuf._rate import AdaptiveRate
-from metricsbuf.testing import InMemoryMetricsClient
+from metricsbuf.testing import FakeMetricsServiceProcess, InMemoryMetricsClient
 
 
 class Clock:
@@ -290,3 +290,62 @@ def test_a_closed_shared_rate_goes_on_as_a_rate_of_the_loggers_own(path: str) ->
     assert rate.rate is not None and rate.rate != ramp
     assert rate.delay() >= 0.0
     assert Path(path).read_bytes() == before
+
+
+async def _write_through_a_shared_rate(endpoint: str, tc: str, points: int, go: Any) -> dict[str, Any]:
+    async with MetricsLogger(
+        tc, endpoint_url=endpoint, region_name="us-east-1", adaptive_rate=True
+    ) as metrics:
+        await asyncio.to_thread(go.wait)
+        for step in range(points):
+            await metrics.log("loss", float(step), step=step)
+        await metrics.flush()
+        rate = metrics._sender.rate
+        return {
+            "delivered": metrics.stats.delivered,
+            "failed": metrics.stats.failed,
+            "shared": type(rate).__name__,
+            "path": getattr(rate, "path", None),
+        }
+
+
+def _writer_process(endpoint: str, tc: str, points: int, directory: str, go: Any, out: Any) -> None:
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_EC2_METADATA_DISABLED="true"
+    )
+    _host_rate.STATE_DIRECTORY = directory
+    try:
+        out.put(asyncio.run(_write_through_a_shared_rate(endpoint, tc, points, go)))
+    except BaseException as exc:  # reported, not lost in the child
+        out.put({"error": repr(exc)})
+
+
+def test_writer_processes_on_one_host_share_a_rate_through_real_clients(host_rate_directory: Path) -> None:
+    # Three processes with the logger's own aiobotocore client against one limit of 20
+    # requests/s: they find one state file (the client's endpoint and region), store everything,
+    # and have few requests refused.
+    writers, points = 3, 200
+    context = multiprocessing.get_context("spawn")
+    go, out = context.Event(), context.Queue()
+    with FakeMetricsServiceProcess(rate_limit=20, rate_limit_burst=20) as service:
+        procs = [
+            context.Process(
+                target=_writer_process,
+                args=(service.endpoint_url, f"writer-{i}", points, str(host_rate_directory), go, out),
+            )
+            for i in range(writers)
+        ]
+        for proc in procs:
+            proc.start()
+        time.sleep(0.5)
+        go.set()
+        results = [out.get(timeout=120) for _ in procs]
+        for proc in procs:
+            proc.join(30)
+        counts = service.state(points=False).counts
+    assert all("error" not in r for r in results), results
+    assert [(r["delivered"], r["failed"]) for r in results] == [(points, 0)] * writers, results
+    assert {r["shared"] for r in results} == {"HostSharedRate"}
+    assert len({r["path"] for r in results}) == 1, results
+    assert Path(results[0]["path"]).parent == host_rate_directory
+    assert counts["rate_limited"] < 0.3 * counts["requests"], counts
