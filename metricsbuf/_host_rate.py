@@ -40,9 +40,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 
-import anyio
-
-from ._rate import AdaptiveRate
+from ._rate import AdaptiveRate, RateTurns
 
 try:
     import fcntl
@@ -109,7 +107,7 @@ def open_host_rate(client: object) -> HostSharedRate | None:
         return None
 
 
-class HostSharedRate:
+class HostSharedRate(RateTurns):
     """An `AdaptiveRate` whose state is shared through a file by the loggers of one host.
 
     The same calls as `AdaptiveRate` (``delay``, ``wait_turn``, ``succeeded``, ``throttled``,
@@ -171,13 +169,6 @@ class HostSharedRate:
     def delay(self) -> float:
         with self._shared() as logic:
             return logic.delay()
-
-    async def wait_turn(self) -> float:
-        """Waits until the next request may go; returns the time it was sent at (for `throttled`)."""
-        delay = self.delay()
-        if delay > 0:
-            await anyio.sleep(delay)
-        return self._clock()
 
     def succeeded(self, sent_at: float) -> None:
         with self._shared() as logic:

@@ -113,7 +113,26 @@ def solve_share(start: float, growth: float, bucket: float, elapsed: float) -> f
     return math.sqrt(low * high)
 
 
-class AdaptiveRate:
+class RateTurns:
+    """A send rate as the sender uses it: ``delay()`` books the next request's turn, and
+    ``wait_turn()`` waits for it (`AdaptiveRate`, and _host_rate's `HostSharedRate`)."""
+
+    __slots__ = ()
+    _clock: Callable[[], float]
+
+    def delay(self) -> float:
+        """Books the next send and returns how long to wait before it (0: go now)."""
+        raise NotImplementedError
+
+    async def wait_turn(self) -> float:
+        """Waits until the next request may go; returns the time it was sent at (for `throttled`)."""
+        delay = self.delay()
+        if delay > 0:
+            await anyio.sleep(delay)
+        return self._clock()
+
+
+class AdaptiveRate(RateTurns):
     """One logger's send rate: unlimited, then a common ramp, then small steps around its share."""
 
     __slots__ = (
@@ -193,13 +212,6 @@ class AdaptiveRate:
 
     def _unlimit(self) -> None:
         self.rate, self.phase = None, _UNLIMITED
-
-    async def wait_turn(self) -> float:
-        """Waits until the next request may go; returns the time it was sent at (for `throttled`)."""
-        delay = self.delay()
-        if delay > 0:
-            await anyio.sleep(delay)
-        return self._clock()
 
     def succeeded(self, sent_at: float) -> None:
         """A request sent at ``sent_at`` was answered (whatever its per-index errors)."""
